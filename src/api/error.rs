@@ -1,0 +1,114 @@
+//! The one place where errors become HTTP answers. 4xx bodies say what is
+//! wrong; 5xx bodies say nothing internal; an unavailable database is 503 so
+//! senders retry.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::db::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// Refused by a decision: the body carries the machine-readable reason.
+    #[error("{message}")]
+    Denied { reason: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { reason: String, message: String },
+    #[error("body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("service unavailable, try again")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Denied { .. } => "denied",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({ "error": self.code(), "message": self.to_string() });
+        if let ApiError::Denied { reason, .. } | ApiError::Conflict { reason, .. } = self {
+            body["reason"] = json!(reason);
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let ApiError::Unavailable = self {
+            resp.insert_header(("Retry-After", "5"));
+        }
+        resp.json(body)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "database unavailable");
+                ApiError::Unavailable
+            }
+            StoreError::NotFound => ApiError::NotFound("not found".into()),
+            StoreError::Conflict(m) => ApiError::Conflict {
+                reason: "conflict".into(),
+                message: m,
+            },
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(_: actix_web::error::BlockingError) -> Self {
+        tracing::error!("blocking task failed");
+        ApiError::Internal
+    }
+}
+
+/// Runs blocking database work off the async threads.
+pub async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    actix_web::web::block(f).await?
+}

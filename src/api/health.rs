@@ -1,0 +1,46 @@
+//! Liveness, readiness and metrics endpoints.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::api::error::blocking;
+use crate::app::AppState;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let db = state.db.clone();
+    match blocking(move || Ok(db.ready())).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready", "database": state.db.backend() })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready");
+            HttpResponse::ServiceUnavailable().json(json!({
+                "status": "unavailable",
+                "database": state.db.backend(),
+                "message": "database unreachable or migrations pending",
+            }))
+        }
+        Err(_) => HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable" })),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let st = state.clone();
+    // Gauges come from the database so every replica tells the same truth;
+    // if it is down, the counters still render.
+    let _ = blocking(move || {
+        crate::store::refresh_gauges(&st.db, &st.metrics, st.clock.now()).map_err(Into::into)
+    })
+    .await;
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,246 @@
+//! The running service: shared state, the HTTP server bound to its port,
+//! and the job runner beside it. `App::build` binds (port 0 in tests) and
+//! returns before serving, so callers can read the port.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::{Server, Service};
+use actix_web::{web, HttpMessage, HttpResponse};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::api::error::ApiError;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::db::{Db, StoreError};
+use crate::metrics::{HttpLabels, Metrics};
+
+/// What every handler and job shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// One client for every outbound call, with timeouts and a user agent.
+    pub http: reqwest::Client,
+    /// Wakes the job runner when this process enqueues work.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Names this process in job leases.
+    pub instance: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// How to run: tests inject a clock; replicas may split API and jobs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+    pub run_jobs: bool,
+    pub handle_signals: bool,
+    pub workers: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            run_jobs: true,
+            handle_signals: true,
+            workers: None,
+        }
+    }
+}
+
+pub struct App {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+    runner: Option<crate::jobs::RunnerHandle>,
+}
+
+impl AppState {
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, AppError> {
+        let db = Db::open(
+            &config.database.url,
+            config.database.pool_size,
+            config.database.connect_timeout.std(),
+        )?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("warrant/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AppError::Http(e.to_string()))?;
+        Ok(AppState {
+            config: Arc::new(config),
+            db,
+            clock,
+            metrics: Arc::new(Metrics::new()),
+            http,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        })
+    }
+}
+
+impl App {
+    /// Migrates the database, binds the listener and prepares the server.
+    pub async fn build(config: Config, options: Options) -> Result<App, AppError> {
+        let state = AppState::new(config, options.clock.clone())?;
+        let db = state.db.clone();
+        let applied = web::block(move || db.migrate())
+            .await
+            .map_err(|_| StoreError::Unavailable("migration task failed".into()))??;
+        if applied > 0 {
+            tracing::info!(applied, backend = state.db.backend(), "migrations applied");
+        }
+        let addr = state.config.server.listen.clone();
+        let listener = TcpListener::bind(&addr).map_err(|source| AppError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        let state = web::Data::new(state);
+        let shutdown = state.config.server.shutdown_timeout.std().as_secs();
+        let data = state.clone();
+        let mut server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(data.clone())
+                .configure(configure_extractors)
+                .configure(crate::api::config)
+                .default_service(web::to(|| async {
+                    ApiError::NotFound("no such route".into())
+                        .error_response_owned()
+                }))
+                .wrap_fn(observe)
+        })
+        .shutdown_timeout(shutdown)
+        .listen(listener)
+        .map_err(|source| AppError::Bind { addr, source })?;
+        if let Some(n) = options.workers {
+            server = server.workers(n);
+        }
+        if !options.handle_signals {
+            server = server.disable_signals();
+        }
+        let server = server.run();
+        let runner = if options.run_jobs {
+            Some(crate::jobs::Runner::spawn(state.clone().into_inner()))
+        } else {
+            None
+        };
+        tracing::info!(port, backend = state.db.backend(), "warrant listening");
+        Ok(App {
+            server,
+            port,
+            state,
+            runner,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone().into_inner()
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or a stop through the handle), then
+    /// lets in-flight requests finish and the runner put down its work.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Some(runner) = self.runner {
+            runner.stop().await;
+        }
+        tracing::info!("warrant stopped");
+        result
+    }
+}
+
+trait OwnedErrorResponse {
+    fn error_response_owned(self) -> HttpResponse;
+}
+
+impl OwnedErrorResponse for ApiError {
+    fn error_response_owned(self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+fn configure_extractors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(|err, _| ApiError::BadRequest(format!("invalid JSON body: {err}")).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, _| ApiError::BadRequest(format!("invalid query: {err}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::BadRequest(format!("invalid path: {err}")).into()),
+    );
+}
+
+/// Request id, a tracing span, and the per-route request metrics.
+fn observe<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
+where
+    S: Service<actix_web::dev::ServiceRequest, Response = actix_web::dev::ServiceResponse<B>, Error = actix_web::Error>,
+{
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let span = tracing::info_span!("request", id = %request_id, %method, %route);
+    let fut = srv.call(req).instrument(span.clone());
+    fut.map(move |res| {
+        let mut res = res?;
+        let status = res.status().as_u16();
+        if let Some(m) = metrics {
+            let labels = HttpLabels { method, route, status };
+            m.http_requests.get_or_create(&labels).inc();
+            m.http_duration
+                .get_or_create(&labels)
+                .observe(start.elapsed().as_secs_f64());
+        }
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&request_id) {
+            res.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-request-id"),
+                v,
+            );
+        }
+        span.in_scope(|| tracing::debug!(status, elapsed_ms = start.elapsed().as_millis() as u64, "done"));
+        Ok(res)
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);

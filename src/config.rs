@@ -1,0 +1,802 @@
+//! The configuration file: its shape, defaults, environment overrides, secret
+//! loading and validation. Every error names the key it is about, so
+//! `warrant check-config` can say exactly what to fix.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Duration;
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::{parse_duration, Resource, Source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret value read from the environment or a file. It never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(s: impl Into<Arc<str>>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A duration written `90s`, `30m`, `4h`, `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(ConfigDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl ConfigDuration {
+    pub fn std(self) -> std::time::Duration {
+        self.0.to_std().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    #[serde(default)]
+    pub identities: Vec<Identity>,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub ci: CiConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    /// How far a signed timestamp may be from now, either way.
+    pub timestamp_tolerance: ConfigDuration,
+    /// Log format: `text` for people, `json` for collectors.
+    pub log_format: LogFormat,
+    /// How long a SIGTERM waits for in-flight requests.
+    pub shutdown_timeout: ConfigDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            timestamp_tolerance: ConfigDuration(Duration::seconds(300)),
+            log_format: LogFormat::Text,
+            shutdown_timeout: ConfigDuration(Duration::seconds(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    /// Connections in the pool; SQLite uses one writer whatever this says.
+    pub pool_size: u32,
+    /// How long a request waits for a connection before answering 503.
+    pub connect_timeout: ConfigDuration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://warrant.db".into(),
+            pool_size: 8,
+            connect_timeout: ConfigDuration(Duration::seconds(5)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default)]
+    pub tokens: Vec<ApiToken>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the bearer token; the token itself is never stored.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    pub github: Option<GithubSource>,
+    pub jira: Option<JiraSource>,
+    pub servicenow: Option<ServicenowSource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSource {
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    pub repositories: Vec<String>,
+    #[serde(default = "default_approval_label")]
+    pub approval_label: String,
+    /// Back-links: GitHub REST API base (GitHub Enterprise too).
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    pub token_env: Option<String>,
+}
+
+fn default_approval_label() -> String {
+    "access-approved".into()
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JiraSource {
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    pub projects: Vec<String>,
+    #[serde(default = "default_approved_statuses")]
+    pub approved_statuses: Vec<String>,
+    #[serde(default)]
+    pub closed_statuses: Vec<String>,
+    #[serde(default)]
+    pub fields: JiraFields,
+    pub api_url: Option<String>,
+    pub token_env: Option<String>,
+}
+
+fn default_approved_statuses() -> Vec<String> {
+    vec!["Approved".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JiraFields {
+    pub resource: String,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub duration: Option<String>,
+    pub subject: String,
+}
+
+impl Default for JiraFields {
+    fn default() -> Self {
+        JiraFields {
+            resource: "customfield_10100".into(),
+            start: None,
+            end: None,
+            duration: None,
+            subject: "reporter".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicenowSource {
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub fields: ServicenowFields,
+    pub api_url: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicenowFields {
+    pub resource: String,
+    pub subject: String,
+}
+
+impl Default for ServicenowFields {
+    fn default() -> Self {
+        ServicenowFields {
+            resource: "u_access_resource".into(),
+            subject: "assigned_to".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub principal: String,
+    pub github: Option<String>,
+    pub jira: Option<String>,
+    pub servicenow: Option<String>,
+    /// Account per provider; a provider not named here uses the principal.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    /// Resource patterns; `*` matches any run of characters.
+    pub resources: Vec<String>,
+    /// `github`, `jira`, `jira:PROJECT`, `servicenow`, `ci`.
+    pub sources: Vec<String>,
+    #[serde(default = "star")]
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    pub max_duration: ConfigDuration,
+    pub default_duration: Option<ConfigDuration>,
+}
+
+fn star() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProviderConfig {
+    Postgres(PostgresProvider),
+    Http(HttpProvider),
+    GithubTeam(GithubTeamProvider),
+    Token(TokenProvider),
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Postgres(_) => "postgres",
+            ProviderConfig::Http(_) => "http",
+            ProviderConfig::GithubTeam(_) => "github_team",
+            ProviderConfig::Token(_) => "token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresProvider {
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub url: Option<Secret>,
+    /// Roles this provider may grant; empty means any role a policy allows.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProvider {
+    pub url: String,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    #[serde(default = "default_http_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+fn default_http_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::seconds(5))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubTeamProvider {
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    pub org: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenProvider {
+    /// PKCS#8 PEM signing key; without it a key is generated and kept in the database.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CiConfig {
+    #[serde(default)]
+    pub issuers: Vec<CiIssuer>,
+    #[serde(default)]
+    pub trust: Vec<CiTrust>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CiIssuer {
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CiTrust {
+    pub issuer: String,
+    pub principal: String,
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    pub resources: Vec<String>,
+    pub max_duration: ConfigDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Attempts to apply a grant before it is `failed`. Revocation never gives up.
+    pub apply_attempts: u32,
+    /// The first retry waits this long; each further one twice as long.
+    pub initial_backoff: ConfigDuration,
+    /// Cap on the wait between retries.
+    pub max_backoff: ConfigDuration,
+    /// A claimed job whose runner died is taken over after this long.
+    pub lease: ConfigDuration,
+    /// How often the safety-net sweep looks for overdue grants.
+    pub sweep_interval: ConfigDuration,
+    /// Jobs run at once by one process.
+    pub concurrency: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            apply_attempts: 8,
+            initial_backoff: ConfigDuration(Duration::seconds(1)),
+            max_backoff: ConfigDuration(Duration::minutes(5)),
+            lease: ConfigDuration(Duration::seconds(60)),
+            sweep_interval: ConfigDuration(Duration::seconds(30)),
+            concurrency: 16,
+        }
+    }
+}
+
+/// Where the configuration file is: `--config`, else `WARRANT_CONFIG`, else `./warrant.toml`.
+pub fn locate(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("WARRANT_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("warrant.toml"),
+    }
+}
+
+impl Config {
+    /// Reads, overrides from the environment, loads secrets and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses a configuration; `env` looks up environment variables.
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().to_string();
+            invalid(if key == "." { "(top level)".into() } else { key }, message)
+        })?;
+        if let Some(url) = env("WARRANT_DATABASE_URL").filter(|u| !u.is_empty()) {
+            config.database.url = url;
+        }
+        if let Some(listen) = env("WARRANT_SERVER_LISTEN").filter(|u| !u.is_empty()) {
+            config.server.listen = listen;
+        }
+        config.load_secrets(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn load_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(g) = &mut self.sources.github {
+            g.secret = Some(load_secret("sources.github", "secret", &g.secret_env, &g.secret_file, env)?);
+        }
+        if let Some(j) = &mut self.sources.jira {
+            j.secret = Some(load_secret("sources.jira", "secret", &j.secret_env, &j.secret_file, env)?);
+        }
+        if let Some(s) = &mut self.sources.servicenow {
+            let secret = load_secret("sources.servicenow", "secret", &s.secret_env, &s.secret_file, env)?;
+            whsec_key(secret.expose()).map_err(|m| invalid("sources.servicenow.secret_env", m))?;
+            s.secret = Some(secret);
+        }
+        for (name, p) in self.providers.iter_mut() {
+            let at = format!("providers.{name}");
+            match p {
+                ProviderConfig::Postgres(pg) => {
+                    pg.url = Some(load_secret(&at, "url", &pg.url_env, &pg.url_file, env)?);
+                }
+                ProviderConfig::Http(h) => {
+                    let secret = load_secret(&at, "secret", &h.secret_env, &h.secret_file, env)?;
+                    whsec_key(secret.expose()).map_err(|m| invalid(format!("{at}.secret_env"), m))?;
+                    h.secret = Some(secret);
+                }
+                ProviderConfig::GithubTeam(g) => {
+                    g.token = Some(load_secret(&at, "token", &g.token_env, &g.token_file, env)?);
+                }
+                ProviderConfig::Token(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", self.server.listen)))?;
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be above 0"));
+        }
+        crate::db::DbUrl::parse(&self.database.url).map_err(|m| invalid("database.url", m))?;
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be above 0"));
+        }
+
+        let mut names = HashSet::new();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(format!("api.tokens[{i}].name"), format!("`{}` is used twice", t.name)));
+            }
+            if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(format!("api.tokens[{i}].sha256"), "must be 64 hex digits (the SHA-256 of the token)"));
+            }
+        }
+
+        if let Some(g) = &self.sources.github {
+            if g.repositories.is_empty() {
+                return Err(invalid("sources.github.repositories", "lists no repository"));
+            }
+            for (i, r) in g.repositories.iter().enumerate() {
+                let parts: Vec<&str> = r.split('/').collect();
+                if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                    return Err(invalid(format!("sources.github.repositories[{i}]"), format!("`{r}` is not OWNER/REPO")));
+                }
+            }
+            if g.approval_label.trim().is_empty() {
+                return Err(invalid("sources.github.approval_label", "is empty"));
+            }
+        }
+        if let Some(j) = &self.sources.jira {
+            if j.projects.is_empty() {
+                return Err(invalid("sources.jira.projects", "lists no project"));
+            }
+            if j.approved_statuses.is_empty() {
+                return Err(invalid("sources.jira.approved_statuses", "lists no status"));
+            }
+        }
+
+        let mut principals = HashSet::new();
+        for (i, id) in self.identities.iter().enumerate() {
+            if id.principal.trim().is_empty() {
+                return Err(invalid(format!("identities[{i}].principal"), "is empty"));
+            }
+            if !principals.insert(id.principal.as_str()) {
+                return Err(invalid(format!("identities[{i}].principal"), format!("`{}` is listed twice", id.principal)));
+            }
+            for p in id.accounts.keys() {
+                if !self.providers.contains_key(p) {
+                    return Err(invalid(format!("identities[{i}].accounts.{p}"), format!("no provider `{p}` is configured")));
+                }
+            }
+        }
+        for source in Source::ALL {
+            let mut seen = HashSet::new();
+            for (i, id) in self.identities.iter().enumerate() {
+                if let Some(acct) = id.account_in(source) {
+                    if !seen.insert(acct) {
+                        return Err(invalid(format!("identities[{i}].{source}"), format!("account `{acct}` belongs to two principals")));
+                    }
+                }
+            }
+        }
+
+        for (name, _) in self.providers.iter() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!("providers.{name}"), "a provider name is letters, digits, `-` and `_`"));
+            }
+        }
+        for (name, p) in self.providers.iter() {
+            if let ProviderConfig::Http(h) = p {
+                let ok = url::Url::parse(&h.url).map(|u| matches!(u.scheme(), "http" | "https")).unwrap_or(false);
+                if !ok {
+                    return Err(invalid(format!("providers.{name}.url"), format!("`{}` is not an http(s) URL", h.url)));
+                }
+            }
+        }
+
+        for (i, p) in self.policies.iter().enumerate() {
+            let at = format!("policies[{i}]");
+            if p.resources.is_empty() {
+                return Err(invalid(format!("{at}.resources"), "lists no resource"));
+            }
+            for (j, r) in p.resources.iter().enumerate() {
+                let provider = r.split('/').next().unwrap_or_default();
+                if !r.contains('/') || (!provider.contains('*') && !self.providers.contains_key(provider)) {
+                    return Err(invalid(format!("{at}.resources[{j}]"), format!("`{r}` does not name a configured provider as PROVIDER/TARGET")));
+                }
+            }
+            for (j, s) in p.sources.iter().enumerate() {
+                let (src, scope) = s.split_once(':').map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
+                let ok = match src {
+                    "github" | "jira" | "servicenow" => scope.is_none_or(|x| !x.is_empty()),
+                    "ci" | "*" => scope.is_none(),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(invalid(format!("{at}.sources[{j}]"), format!("`{s}` is not github, jira, jira:PROJECT, servicenow, ci or *")));
+                }
+            }
+            if let Some(d) = p.default_duration {
+                if d > p.max_duration {
+                    return Err(invalid(format!("{at}.default_duration"), "is longer than max_duration"));
+                }
+            }
+        }
+
+        let issuer_names: HashSet<&str> = self.ci.issuers.iter().map(|i| i.name.as_str()).collect();
+        for (i, iss) in self.ci.issuers.iter().enumerate() {
+            if iss.jwks_file.is_some() == iss.jwks_url.is_some() {
+                return Err(invalid(format!("ci.issuers[{i}]"), "give exactly one of jwks_file and jwks_url"));
+            }
+        }
+        for (i, t) in self.ci.trust.iter().enumerate() {
+            if !issuer_names.contains(t.issuer.as_str()) {
+                return Err(invalid(format!("ci.trust[{i}].issuer"), format!("no [[ci.issuers]] is named `{}`", t.issuer)));
+            }
+            for (j, r) in t.resources.iter().enumerate() {
+                if r.parse::<Resource>().is_err() && !r.contains('*') {
+                    return Err(invalid(format!("ci.trust[{i}].resources[{j}]"), format!("`{r}` is not PROVIDER/TARGET")));
+                }
+            }
+        }
+        if self.jobs.apply_attempts == 0 {
+            return Err(invalid("jobs.apply_attempts", "must be at least 1"));
+        }
+        if self.jobs.concurrency == 0 {
+            return Err(invalid("jobs.concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The principal a source account maps to, if `[[identities]]` names it.
+    pub fn principal_for(&self, source: Source, account: &str) -> Option<&Identity> {
+        self.identities.iter().find(|i| i.account_in(source) == Some(account))
+    }
+
+    pub fn identity(&self, principal: &str) -> Option<&Identity> {
+        self.identities.iter().find(|i| i.principal == principal)
+    }
+
+    /// The subject's account on a provider: `accounts.PROVIDER`, else the principal.
+    pub fn account_on(&self, principal: &str, provider: &str) -> String {
+        self.identity(principal)
+            .and_then(|i| i.accounts.get(provider).cloned())
+            .unwrap_or_else(|| principal.to_string())
+    }
+}
+
+impl Identity {
+    pub fn account_in(&self, source: Source) -> Option<&str> {
+        match source {
+            Source::Github => self.github.as_deref(),
+            Source::Jira => self.jira.as_deref(),
+            Source::Servicenow => self.servicenow.as_deref(),
+        }
+    }
+}
+
+fn load_secret(
+    at: &str,
+    what: &str,
+    env_key: &Option<String>,
+    file_key: &Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    match (env_key, file_key) {
+        (Some(var), None) => match env(var) {
+            Some(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+            _ => Err(invalid(format!("{at}.{what}_env"), format!("environment variable `{var}` is not set"))),
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+            Ok(_) => Err(invalid(format!("{at}.{what}_file"), format!("{} is empty", path.display()))),
+            Err(e) => Err(invalid(format!("{at}.{what}_file"), format!("cannot read {}: {e}", path.display()))),
+        },
+        (Some(_), Some(_)) => Err(invalid(format!("{at}.{what}_env"), format!("give one of {what}_env and {what}_file, not both"))),
+        (None, None) => Err(invalid(format!("{at}.{what}_env"), format!("missing: name the secret with {what}_env or {what}_file"))),
+    }
+}
+
+/// Decodes a Standard Webhooks secret `whsec_BASE64` into its key bytes.
+pub fn whsec_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or("a Standard Webhooks secret starts with `whsec_`")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "the part after `whsec_` is not base64".to_string())?;
+    if key.len() < 16 {
+        return Err("the secret is shorter than 16 bytes".into());
+    }
+    Ok(key)
+}
+
+/// Matches `pattern`, where `*` stands for any run of characters, against `s`.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = s.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "GH" => Some("gh-secret".into()),
+            "HOOKS" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, &env)
+    }
+
+    #[test]
+    fn empty_config_has_safe_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.database.url, "sqlite://warrant.db");
+        assert_eq!(c.server.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisten = \"x\"", "server.listen"),
+            ("[server]\nbogus = 1", "server"),
+            ("[server]\nmax_body_bytes = \"big\"", "server.max_body_bytes"),
+            ("[providers.hooks]\nkind = \"http\"\nurl = \"http://x\"\nsecret_env = \"NOPE\"", "providers.hooks.secret_env"),
+            ("[sources.github]\nsecret_env = \"NOPE\"\nrepositories = [\"a/b\"]", "sources.github.secret_env"),
+            ("[[policies]]\nname = \"p\"\nresources = [\"x/y\"]\nsources = [\"github\"]\nmax_duration = \"4x\"", "policies[0].max_duration"),
+            ("[[policies]]\nname = \"p\"\nresources = [\"x/y\"]\nsources = [\"github\"]\nmax_duration = \"4h\"", "policies[0].resources[0]"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = parse("[sources.github]\nsecret_env = \"GH\"\nrepositories = [\"a/b\"]").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("gh-secret"));
+        assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("hooks/*", "hooks/a"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("repo:acme/*:environment:prod*", "repo:acme/app:environment:production"));
+        assert!(!glob_match("hooks/*", "hook/a"));
+        assert!(!glob_match("a*b", "acbd"));
+    }
+}

@@ -1,0 +1,420 @@
+//! The domain's vocabulary: ticket keys, resources, durations, grant states and
+//! the machine-readable reasons for denials and revocations. Values here are
+//! parsed at the edge, so an invalid one cannot travel further in.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The system a ticket lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Github,
+    Jira,
+    Servicenow,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Github, Source::Jira, Source::Servicenow];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Github => "github",
+            Source::Jira => "jira",
+            Source::Servicenow => "servicenow",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "github" => Ok(Source::Github),
+            "jira" => Ok(Source::Jira),
+            "servicenow" => Ok(Source::Servicenow),
+            other => Err(format!(
+                "unknown source `{other}` (expected github, jira or servicenow)"
+            )),
+        }
+    }
+}
+
+/// A ticket's key, prefixed by its source: `github:OWNER/REPO#N`,
+/// `jira:KEY-N`, `servicenow:NUMBER`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(try_from = "String", into = "String")]
+pub struct TicketKey(String);
+
+impl TicketKey {
+    pub fn github(repo: &str, number: u64) -> Self {
+        TicketKey(format!("github:{repo}#{number}"))
+    }
+    pub fn jira(key: &str) -> Self {
+        TicketKey(format!("jira:{key}"))
+    }
+    pub fn servicenow(number: &str) -> Self {
+        TicketKey(format!("servicenow:{number}"))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn source(&self) -> Source {
+        // The constructor guarantees one of the three prefixes.
+        if self.0.starts_with("github:") {
+            Source::Github
+        } else if self.0.starts_with("jira:") {
+            Source::Jira
+        } else {
+            Source::Servicenow
+        }
+    }
+}
+
+impl FromStr for TicketKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a ticket key (github:OWNER/REPO#N, jira:KEY-N or servicenow:NUMBER)");
+        if s.len() > 512 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad());
+        }
+        let (source, rest) = s.split_once(':').ok_or_else(bad)?;
+        let ok = match source {
+            "github" => match rest.rsplit_once('#') {
+                Some((repo, n)) => {
+                    repo.split('/').filter(|p| !p.is_empty()).count() == 2
+                        && repo.matches('/').count() == 1
+                        && n.parse::<u64>().is_ok()
+                }
+                None => false,
+            },
+            "jira" => match rest.rsplit_once('-') {
+                Some((project, n)) => !project.is_empty() && n.parse::<u64>().is_ok(),
+                None => false,
+            },
+            "servicenow" => !rest.is_empty(),
+            _ => false,
+        };
+        if ok {
+            Ok(TicketKey(s.to_string()))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+impl TryFrom<String> for TicketKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<TicketKey> for String {
+    fn from(k: TicketKey) -> String {
+        k.0
+    }
+}
+
+impl fmt::Display for TicketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `PROVIDER/TARGET`, e.g. `prod-db/readonly`. The provider part names a
+/// configured provider; the target is what that provider grants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(try_from = "String", into = "String")]
+pub struct Resource {
+    provider: String,
+    target: String,
+}
+
+impl Resource {
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+impl FromStr for Resource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = |why: &str| format!("`{}` is not a resource PROVIDER/TARGET: {why}", truncate(s, 80));
+        let (provider, target) = s.split_once('/').ok_or_else(|| bad("no `/`"))?;
+        if provider.is_empty()
+            || provider.len() > 64
+            || !provider
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad("the provider is letters, digits, `-` and `_`"));
+        }
+        if target.is_empty() || target.len() > 256 {
+            return Err(bad("the target is empty or too long"));
+        }
+        if target.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad("the target holds whitespace or control characters"));
+        }
+        Ok(Resource {
+            provider: provider.to_string(),
+            target: target.to_string(),
+        })
+    }
+}
+
+impl TryFrom<String> for Resource {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Resource> for String {
+    fn from(r: Resource) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.provider, self.target)
+    }
+}
+
+/// Shortens a user-supplied string for an error message, on a char boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// Parses durations written `90s`, `30m`, `4h`, `1h30m`, `2d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "`{}` is not a duration (write 90s, 30m, 4h, 1h30m or 2d)",
+            truncate(s, 40)
+        )
+    };
+    let s = s.trim();
+    if s.is_empty() || s.len() > 32 {
+        return Err(bad());
+    }
+    let mut total: i64 = 0;
+    let mut num: Option<i64> = None;
+    for c in s.chars() {
+        if let Some(d) = c.to_digit(10) {
+            let n = num.unwrap_or(0);
+            num = Some(
+                n.checked_mul(10)
+                    .and_then(|n| n.checked_add(i64::from(d)))
+                    .ok_or_else(bad)?,
+            );
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n = num.take().ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if num.is_some() || total <= 0 || total > 366 * 86_400 {
+        return Err(bad());
+    }
+    Ok(Duration::seconds(total))
+}
+
+/// Writes a duration the way `parse_duration` reads it.
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.num_seconds();
+    if secs <= 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, name) in [(86_400, 'd'), (3600, 'h'), (60, 'm'), (1, 's')] {
+        if secs >= unit {
+            out.push_str(&format!("{}{}", secs / unit, name));
+            secs %= unit;
+        }
+    }
+    out
+}
+
+/// RFC 3339 in UTC with only the fractional digits that are needed.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Database times are microseconds since the Unix epoch, UTC, on both backends.
+pub fn to_micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $s)] $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    other => Err(format!(
+                        concat!("unknown ", stringify!($name), " `{}` (expected one of: {})"),
+                        truncate(other, 40),
+                        [$($s),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Where a grant is in its life.
+    GrantState {
+        Pending => "pending",
+        Granting => "granting",
+        Active => "active",
+        Revoking => "revoking",
+        Revoked => "revoked",
+        Failed => "failed",
+    }
+);
+
+impl GrantState {
+    /// Live grants hold, or are about to hold, access at the provider.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            GrantState::Pending | GrantState::Granting | GrantState::Active
+        )
+    }
+}
+
+string_enum!(
+    /// Why a grant was revoked.
+    RevokeReason {
+        Expired => "expired",
+        TicketClosed => "ticket_closed",
+        ApprovalWithdrawn => "approval_withdrawn",
+        RequestChanged => "request_changed",
+        Manual => "manual",
+        CiDone => "ci_done",
+        Drift => "drift",
+    }
+);
+
+string_enum!(
+    /// Why a ticket warrants nothing.
+    DenyReason {
+        TicketClosed => "ticket_closed",
+        NotApproved => "not_approved",
+        UnknownSubject => "unknown_subject",
+        UnknownResource => "unknown_resource",
+        NoPolicy => "no_policy",
+        SelfApproval => "self_approval",
+        ApproverNotAllowed => "approver_not_allowed",
+        ApproverUnknown => "approver_unknown",
+        WindowOver => "window_over",
+        InvalidRequest => "invalid_request",
+        DurationExceedsPolicy => "duration_exceeds_policy",
+        RequestChanged => "request_changed",
+    }
+);
+
+impl DenyReason {
+    /// The reason a live grant is revoked when its ticket stops warranting it.
+    pub fn revoke_reason(self) -> RevokeReason {
+        match self {
+            DenyReason::TicketClosed => RevokeReason::TicketClosed,
+            DenyReason::WindowOver => RevokeReason::Expired,
+            DenyReason::RequestChanged | DenyReason::InvalidRequest => {
+                RevokeReason::RequestChanged
+            }
+            _ => RevokeReason::ApprovalWithdrawn,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::minutes(90)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::days(2)));
+        for bad in ["", "h", "10", "1x", "-1h", "0s", "99999999999999999999h", "1h 30m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::minutes(90)), "1h30m");
+    }
+
+    #[test]
+    fn ticket_keys() {
+        for ok in ["github:acme/app#42", "jira:OPS-7", "servicenow:CHG0030001"] {
+            assert_eq!(ok.parse::<TicketKey>().map(|k| k.to_string()), Ok(ok.into()));
+        }
+        for bad in ["github:acme#1", "github:a/b/c#1", "jira:OPS", "gitlab:x", "servicenow:", "jira:A -1"] {
+            assert!(bad.parse::<TicketKey>().is_err(), "{bad}");
+        }
+        assert_eq!(TicketKey::github("a/b", 3).source(), Source::Github);
+    }
+
+    #[test]
+    fn resources() {
+        let r: Resource = "deploy/production".parse().unwrap();
+        assert_eq!((r.provider(), r.target()), ("deploy", "production"));
+        let r: Resource = "hooks/a/b".parse().unwrap();
+        assert_eq!(r.target(), "a/b");
+        for bad in ["nope", "/x", "p/", "p q/x", "p/x y", "p/x\n"] {
+            assert!(bad.parse::<Resource>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! warrant: just-in-time access warranted by a ticket.
+//!
+//! A webhook updates a ticket snapshot (`sources`, `ticket`); one pure
+//! function decides what the snapshot warrants (`policy`); a reconciler
+//! moves grants toward it (`engine`) through durable jobs (`jobs`) that call
+//! the providers (`providers`); every change is audited (`audit`).
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod jobs;
+pub mod metrics;
+pub mod store;
+pub mod ticket;

@@ -1,0 +1,121 @@
+//! Prometheus metrics: one registry per running app (no global recorder),
+//! rendered at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub source: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram>,
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub jobs: Family<JobLabels, Counter>,
+    /// Set at scrape time from the database, so every replica reports the truth.
+    pub grants: Family<StateLabels, Gauge<i64, AtomicI64Wrap>>,
+    pub overdue_revocations: Gauge<i64, AtomicI64Wrap>,
+    pub jobs_due: Gauge<i64, AtomicI64Wrap>,
+    pub revocation_lag: Histogram,
+}
+
+pub type AtomicI64Wrap = std::sync::atomic::AtomicI64;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("warrant");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration =
+            Family::<HttpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        let jobs = Family::<JobLabels, Counter>::default();
+        let grants = Family::<StateLabels, Gauge<i64, AtomicI64Wrap>>::default();
+        let overdue_revocations = Gauge::<i64, AtomicI64Wrap>::default();
+        let jobs_due = Gauge::<i64, AtomicI64Wrap>::default();
+        let revocation_lag = latency_histogram();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            http_duration.clone(),
+        );
+        registry.register(
+            "webhooks",
+            "Webhook deliveries by source and outcome",
+            webhooks.clone(),
+        );
+        registry.register("jobs", "Jobs run by kind and outcome", jobs.clone());
+        registry.register("grants", "Grants by state", grants.clone());
+        registry.register(
+            "revocations_overdue",
+            "Live or revoking grants past their expiry",
+            overdue_revocations.clone(),
+        );
+        registry.register("jobs_due", "Jobs whose time has come", jobs_due.clone());
+        registry.register(
+            "revocation_lag_seconds",
+            "From a grant's expiry to its revocation at the provider",
+            revocation_lag.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            webhooks,
+            jobs,
+            grants,
+            overdue_revocations,
+            jobs_due,
+            revocation_lag,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
