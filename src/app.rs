@@ -30,6 +30,7 @@ pub struct AppState {
     pub wake: Arc<tokio::sync::Notify>,
     /// Names this process in job leases.
     pub instance: String,
+    pub providers: crate::providers::Providers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,9 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AppError::Http(e.to_string()))?;
+        let providers = crate::providers::Providers::new(&config);
         Ok(AppState {
+            providers,
             config: Arc::new(config),
             db,
             clock,
@@ -124,8 +127,7 @@ impl App {
                 .configure(configure_extractors)
                 .configure(crate::api::config)
                 .default_service(web::to(|| async {
-                    ApiError::NotFound("no such route".into())
-                        .error_response_owned()
+                    ApiError::NotFound("no such route".into()).error_response_owned()
                 }))
                 .wrap_fn(observe)
         })
@@ -191,7 +193,9 @@ fn configure_extractors(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(64 * 1024)
-            .error_handler(|err, _| ApiError::BadRequest(format!("invalid JSON body: {err}")).into()),
+            .error_handler(|err, _| {
+                ApiError::BadRequest(format!("invalid JSON body: {err}")).into()
+            }),
     )
     .app_data(
         web::QueryConfig::default()
@@ -209,7 +213,11 @@ fn observe<S, B>(
     srv: &S,
 ) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
 where
-    S: Service<actix_web::dev::ServiceRequest, Response = actix_web::dev::ServiceResponse<B>, Error = actix_web::Error>,
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
 {
     let start = Instant::now();
     let method = req.method().to_string();
@@ -225,7 +233,11 @@ where
         let mut res = res?;
         let status = res.status().as_u16();
         if let Some(m) = metrics {
-            let labels = HttpLabels { method, route, status };
+            let labels = HttpLabels {
+                method,
+                route,
+                status,
+            };
             m.http_requests.get_or_create(&labels).inc();
             m.http_duration
                 .get_or_create(&labels)
@@ -237,7 +249,13 @@ where
                 v,
             );
         }
-        span.in_scope(|| tracing::debug!(status, elapsed_ms = start.elapsed().as_millis() as u64, "done"));
+        span.in_scope(|| {
+            tracing::debug!(
+                status,
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                "done"
+            )
+        });
         Ok(res)
     })
 }

@@ -10,7 +10,11 @@ use crate::app::{App, Options};
 use crate::config::{Config, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "warrant", version, about = "Just-in-time access warranted by a ticket")]
+#[command(
+    name = "warrant",
+    version,
+    about = "Just-in-time access warranted by a ticket"
+)]
 pub struct Cli {
     /// Configuration file (else $WARRANT_CONFIG, else ./warrant.toml).
     #[arg(long, short = 'c', global = true)]
@@ -39,7 +43,9 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
                 _ => ExitCode::from(2),
             };
         }
@@ -50,7 +56,10 @@ pub fn main() -> ExitCode {
         Err(code) => return code,
     };
     init_tracing(config.server.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -71,7 +80,9 @@ fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARRANT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -84,19 +95,29 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
             println!(
                 "{}: ok ({} sources, {} providers, {} policies, {} identities, database {})",
                 path.display(),
-                [config.sources.github.is_some(), config.sources.jira.is_some(), config.sources.servicenow.is_some()]
-                    .iter()
-                    .filter(|x| **x)
-                    .count(),
+                [
+                    config.sources.github.is_some(),
+                    config.sources.jira.is_some(),
+                    config.sources.servicenow.is_some()
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count(),
                 config.providers.len(),
                 config.policies.len(),
                 config.identities.len(),
-                crate::db::DbUrl::parse(&config.database.url).map(|u| u.backend()).unwrap_or("?"),
+                crate::db::DbUrl::parse(&config.database.url)
+                    .map(|u| u.backend())
+                    .unwrap_or("?"),
             );
             ExitCode::SUCCESS
         }
         Command::Migrate => {
-            let db = match crate::db::Db::open(&config.database.url, 1, config.database.connect_timeout.std()) {
+            let db = match crate::db::Db::open(
+                &config.database.url,
+                1,
+                config.database.connect_timeout.std(),
+            ) {
                 Ok(db) => db,
                 Err(e) => return fail(e),
             };

@@ -462,12 +462,22 @@ impl Config {
     }
 
     /// Parses a configuration; `env` looks up environment variables.
-    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let message = e.inner().message().to_string();
-            invalid(if key == "." { "(top level)".into() } else { key }, message)
+            invalid(
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message,
+            )
         })?;
         if let Some(url) = env("WARRANT_DATABASE_URL").filter(|u| !u.is_empty()) {
             config.database.url = url;
@@ -482,13 +492,31 @@ impl Config {
 
     fn load_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(g) = &mut self.sources.github {
-            g.secret = Some(load_secret("sources.github", "secret", &g.secret_env, &g.secret_file, env)?);
+            g.secret = Some(load_secret(
+                "sources.github",
+                "secret",
+                &g.secret_env,
+                &g.secret_file,
+                env,
+            )?);
         }
         if let Some(j) = &mut self.sources.jira {
-            j.secret = Some(load_secret("sources.jira", "secret", &j.secret_env, &j.secret_file, env)?);
+            j.secret = Some(load_secret(
+                "sources.jira",
+                "secret",
+                &j.secret_env,
+                &j.secret_file,
+                env,
+            )?);
         }
         if let Some(s) = &mut self.sources.servicenow {
-            let secret = load_secret("sources.servicenow", "secret", &s.secret_env, &s.secret_file, env)?;
+            let secret = load_secret(
+                "sources.servicenow",
+                "secret",
+                &s.secret_env,
+                &s.secret_file,
+                env,
+            )?;
             whsec_key(secret.expose()).map_err(|m| invalid("sources.servicenow.secret_env", m))?;
             s.secret = Some(secret);
         }
@@ -500,7 +528,8 @@ impl Config {
                 }
                 ProviderConfig::Http(h) => {
                     let secret = load_secret(&at, "secret", &h.secret_env, &h.secret_file, env)?;
-                    whsec_key(secret.expose()).map_err(|m| invalid(format!("{at}.secret_env"), m))?;
+                    whsec_key(secret.expose())
+                        .map_err(|m| invalid(format!("{at}.secret_env"), m))?;
                     h.secret = Some(secret);
                 }
                 ProviderConfig::GithubTeam(g) => {
@@ -513,10 +542,15 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.server
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", self.server.listen)))?;
+        self.server.listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            )
+        })?;
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be above 0"));
         }
@@ -528,21 +562,33 @@ impl Config {
         let mut names = HashSet::new();
         for (i, t) in self.api.tokens.iter().enumerate() {
             if !names.insert(t.name.as_str()) {
-                return Err(invalid(format!("api.tokens[{i}].name"), format!("`{}` is used twice", t.name)));
+                return Err(invalid(
+                    format!("api.tokens[{i}].name"),
+                    format!("`{}` is used twice", t.name),
+                ));
             }
             if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(invalid(format!("api.tokens[{i}].sha256"), "must be 64 hex digits (the SHA-256 of the token)"));
+                return Err(invalid(
+                    format!("api.tokens[{i}].sha256"),
+                    "must be 64 hex digits (the SHA-256 of the token)",
+                ));
             }
         }
 
         if let Some(g) = &self.sources.github {
             if g.repositories.is_empty() {
-                return Err(invalid("sources.github.repositories", "lists no repository"));
+                return Err(invalid(
+                    "sources.github.repositories",
+                    "lists no repository",
+                ));
             }
             for (i, r) in g.repositories.iter().enumerate() {
                 let parts: Vec<&str> = r.split('/').collect();
                 if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-                    return Err(invalid(format!("sources.github.repositories[{i}]"), format!("`{r}` is not OWNER/REPO")));
+                    return Err(invalid(
+                        format!("sources.github.repositories[{i}]"),
+                        format!("`{r}` is not OWNER/REPO"),
+                    ));
                 }
             }
             if g.approval_label.trim().is_empty() {
@@ -564,11 +610,17 @@ impl Config {
                 return Err(invalid(format!("identities[{i}].principal"), "is empty"));
             }
             if !principals.insert(id.principal.as_str()) {
-                return Err(invalid(format!("identities[{i}].principal"), format!("`{}` is listed twice", id.principal)));
+                return Err(invalid(
+                    format!("identities[{i}].principal"),
+                    format!("`{}` is listed twice", id.principal),
+                ));
             }
             for p in id.accounts.keys() {
                 if !self.providers.contains_key(p) {
-                    return Err(invalid(format!("identities[{i}].accounts.{p}"), format!("no provider `{p}` is configured")));
+                    return Err(invalid(
+                        format!("identities[{i}].accounts.{p}"),
+                        format!("no provider `{p}` is configured"),
+                    ));
                 }
             }
         }
@@ -577,22 +629,37 @@ impl Config {
             for (i, id) in self.identities.iter().enumerate() {
                 if let Some(acct) = id.account_in(source) {
                     if !seen.insert(acct) {
-                        return Err(invalid(format!("identities[{i}].{source}"), format!("account `{acct}` belongs to two principals")));
+                        return Err(invalid(
+                            format!("identities[{i}].{source}"),
+                            format!("account `{acct}` belongs to two principals"),
+                        ));
                     }
                 }
             }
         }
 
         for (name, _) in self.providers.iter() {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(format!("providers.{name}"), "a provider name is letters, digits, `-` and `_`"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    format!("providers.{name}"),
+                    "a provider name is letters, digits, `-` and `_`",
+                ));
             }
         }
         for (name, p) in self.providers.iter() {
             if let ProviderConfig::Http(h) = p {
-                let ok = url::Url::parse(&h.url).map(|u| matches!(u.scheme(), "http" | "https")).unwrap_or(false);
+                let ok = url::Url::parse(&h.url)
+                    .map(|u| matches!(u.scheme(), "http" | "https"))
+                    .unwrap_or(false);
                 if !ok {
-                    return Err(invalid(format!("providers.{name}.url"), format!("`{}` is not an http(s) URL", h.url)));
+                    return Err(invalid(
+                        format!("providers.{name}.url"),
+                        format!("`{}` is not an http(s) URL", h.url),
+                    ));
                 }
             }
         }
@@ -604,24 +671,37 @@ impl Config {
             }
             for (j, r) in p.resources.iter().enumerate() {
                 let provider = r.split('/').next().unwrap_or_default();
-                if !r.contains('/') || (!provider.contains('*') && !self.providers.contains_key(provider)) {
-                    return Err(invalid(format!("{at}.resources[{j}]"), format!("`{r}` does not name a configured provider as PROVIDER/TARGET")));
+                if !r.contains('/')
+                    || (!provider.contains('*') && !self.providers.contains_key(provider))
+                {
+                    return Err(invalid(
+                        format!("{at}.resources[{j}]"),
+                        format!("`{r}` does not name a configured provider as PROVIDER/TARGET"),
+                    ));
                 }
             }
             for (j, s) in p.sources.iter().enumerate() {
-                let (src, scope) = s.split_once(':').map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
+                let (src, scope) = s
+                    .split_once(':')
+                    .map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
                 let ok = match src {
                     "github" | "jira" | "servicenow" => scope.is_none_or(|x| !x.is_empty()),
                     "ci" | "*" => scope.is_none(),
                     _ => false,
                 };
                 if !ok {
-                    return Err(invalid(format!("{at}.sources[{j}]"), format!("`{s}` is not github, jira, jira:PROJECT, servicenow, ci or *")));
+                    return Err(invalid(
+                        format!("{at}.sources[{j}]"),
+                        format!("`{s}` is not github, jira, jira:PROJECT, servicenow, ci or *"),
+                    ));
                 }
             }
             if let Some(d) = p.default_duration {
                 if d > p.max_duration {
-                    return Err(invalid(format!("{at}.default_duration"), "is longer than max_duration"));
+                    return Err(invalid(
+                        format!("{at}.default_duration"),
+                        "is longer than max_duration",
+                    ));
                 }
             }
         }
@@ -629,16 +709,25 @@ impl Config {
         let issuer_names: HashSet<&str> = self.ci.issuers.iter().map(|i| i.name.as_str()).collect();
         for (i, iss) in self.ci.issuers.iter().enumerate() {
             if iss.jwks_file.is_some() == iss.jwks_url.is_some() {
-                return Err(invalid(format!("ci.issuers[{i}]"), "give exactly one of jwks_file and jwks_url"));
+                return Err(invalid(
+                    format!("ci.issuers[{i}]"),
+                    "give exactly one of jwks_file and jwks_url",
+                ));
             }
         }
         for (i, t) in self.ci.trust.iter().enumerate() {
             if !issuer_names.contains(t.issuer.as_str()) {
-                return Err(invalid(format!("ci.trust[{i}].issuer"), format!("no [[ci.issuers]] is named `{}`", t.issuer)));
+                return Err(invalid(
+                    format!("ci.trust[{i}].issuer"),
+                    format!("no [[ci.issuers]] is named `{}`", t.issuer),
+                ));
             }
             for (j, r) in t.resources.iter().enumerate() {
                 if r.parse::<Resource>().is_err() && !r.contains('*') {
-                    return Err(invalid(format!("ci.trust[{i}].resources[{j}]"), format!("`{r}` is not PROVIDER/TARGET")));
+                    return Err(invalid(
+                        format!("ci.trust[{i}].resources[{j}]"),
+                        format!("`{r}` is not PROVIDER/TARGET"),
+                    ));
                 }
             }
         }
@@ -653,7 +742,9 @@ impl Config {
 
     /// The principal a source account maps to, if `[[identities]]` names it.
     pub fn principal_for(&self, source: Source, account: &str) -> Option<&Identity> {
-        self.identities.iter().find(|i| i.account_in(source) == Some(account))
+        self.identities
+            .iter()
+            .find(|i| i.account_in(source) == Some(account))
     }
 
     pub fn identity(&self, principal: &str) -> Option<&Identity> {
@@ -688,15 +779,30 @@ fn load_secret(
     match (env_key, file_key) {
         (Some(var), None) => match env(var) {
             Some(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
-            _ => Err(invalid(format!("{at}.{what}_env"), format!("environment variable `{var}` is not set"))),
+            _ => Err(invalid(
+                format!("{at}.{what}_env"),
+                format!("environment variable `{var}` is not set"),
+            )),
         },
         (None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
-            Ok(_) => Err(invalid(format!("{at}.{what}_file"), format!("{} is empty", path.display()))),
-            Err(e) => Err(invalid(format!("{at}.{what}_file"), format!("cannot read {}: {e}", path.display()))),
+            Ok(_) => Err(invalid(
+                format!("{at}.{what}_file"),
+                format!("{} is empty", path.display()),
+            )),
+            Err(e) => Err(invalid(
+                format!("{at}.{what}_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )),
         },
-        (Some(_), Some(_)) => Err(invalid(format!("{at}.{what}_env"), format!("give one of {what}_env and {what}_file, not both"))),
-        (None, None) => Err(invalid(format!("{at}.{what}_env"), format!("missing: name the secret with {what}_env or {what}_file"))),
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{at}.{what}_env"),
+            format!("give one of {what}_env and {what}_file, not both"),
+        )),
+        (None, None) => Err(invalid(
+            format!("{at}.{what}_env"),
+            format!("missing: name the secret with {what}_env or {what}_file"),
+        )),
     }
 }
 
@@ -795,7 +901,10 @@ mod tests {
     fn globs() {
         assert!(glob_match("hooks/*", "hooks/a"));
         assert!(glob_match("*", ""));
-        assert!(glob_match("repo:acme/*:environment:prod*", "repo:acme/app:environment:production"));
+        assert!(glob_match(
+            "repo:acme/*:environment:prod*",
+            "repo:acme/app:environment:production"
+        ));
         assert!(!glob_match("hooks/*", "hook/a"));
         assert!(!glob_match("a*b", "acbd"));
     }

@@ -83,7 +83,11 @@ impl TicketKey {
 impl FromStr for TicketKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a ticket key (github:OWNER/REPO#N, jira:KEY-N or servicenow:NUMBER)");
+        let bad = || {
+            format!(
+                "`{s}` is not a ticket key (github:OWNER/REPO#N, jira:KEY-N or servicenow:NUMBER)"
+            )
+        };
         if s.len() > 512 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(bad());
         }
@@ -152,8 +156,12 @@ impl Resource {
 impl FromStr for Resource {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let bad = |why: &str| format!("`{}` is not a resource PROVIDER/TARGET: {why}", truncate(s, 80));
+        let bad = |why: &str| {
+            format!(
+                "`{}` is not a resource PROVIDER/TARGET: {why}",
+                truncate(s, 80)
+            )
+        };
         let (provider, target) = s.split_once('/').ok_or_else(|| bad("no `/`"))?;
         if provider.is_empty()
             || provider.len() > 64
@@ -373,9 +381,7 @@ impl DenyReason {
         match self {
             DenyReason::TicketClosed => RevokeReason::TicketClosed,
             DenyReason::WindowOver => RevokeReason::Expired,
-            DenyReason::RequestChanged | DenyReason::InvalidRequest => {
-                RevokeReason::RequestChanged
-            }
+            DenyReason::RequestChanged | DenyReason::InvalidRequest => RevokeReason::RequestChanged,
             _ => RevokeReason::ApprovalWithdrawn,
         }
     }
@@ -390,7 +396,16 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::minutes(90)));
         assert_eq!(parse_duration("2d"), Ok(Duration::days(2)));
-        for bad in ["", "h", "10", "1x", "-1h", "0s", "99999999999999999999h", "1h 30m"] {
+        for bad in [
+            "",
+            "h",
+            "10",
+            "1x",
+            "-1h",
+            "0s",
+            "99999999999999999999h",
+            "1h 30m",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(Duration::minutes(90)), "1h30m");
@@ -399,9 +414,19 @@ mod tests {
     #[test]
     fn ticket_keys() {
         for ok in ["github:acme/app#42", "jira:OPS-7", "servicenow:CHG0030001"] {
-            assert_eq!(ok.parse::<TicketKey>().map(|k| k.to_string()), Ok(ok.into()));
+            assert_eq!(
+                ok.parse::<TicketKey>().map(|k| k.to_string()),
+                Ok(ok.into())
+            );
         }
-        for bad in ["github:acme#1", "github:a/b/c#1", "jira:OPS", "gitlab:x", "servicenow:", "jira:A -1"] {
+        for bad in [
+            "github:acme#1",
+            "github:a/b/c#1",
+            "jira:OPS",
+            "gitlab:x",
+            "servicenow:",
+            "jira:A -1",
+        ] {
             assert!(bad.parse::<TicketKey>().is_err(), "{bad}");
         }
         assert_eq!(TicketKey::github("a/b", 3).source(), Source::Github);

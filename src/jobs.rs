@@ -1,13 +1,602 @@
-//! Durable jobs: rows in `jobs` with a `run_at`, claimed under a lease,
-//! retried with capped, jittered exponential backoff. The runner sleeps
-//! until the next job is due or until this process enqueues one.
+//! Durable jobs: rows in `jobs` with a `run_at`, claimed under a lease
+//! (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer), retried
+//! with capped, jittered exponential backoff. One job per grant drives it
+//! through its life, so no two provider calls for a grant ever overlap.
+//! The runner sleeps until the next job is due or until this process
+//! enqueues one.
 
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
 
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use rand::Rng;
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
+use crate::audit::{self, NewEvent};
+use crate::db::schema::{grants, jobs};
+use crate::db::{Conn, Db, StoreError};
+use crate::dispatch;
+use crate::domain::{from_micros, to_micros, GrantState, RevokeReason};
+use crate::grants::GrantRow;
+use crate::metrics::JobLabels;
+use crate::providers::{self, Action};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = jobs)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub dedupe_key: String,
+    pub payload: String,
+    pub run_at: i64,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<i64>,
+    pub version: i64,
+    pub created_at: i64,
+}
+
+pub const GRANT: &str = "grant";
+
+/// Schedules the grant's job at `run_at` (or moves it there), resetting its attempts.
+pub fn enqueue_grant(
+    conn: &mut Conn<'_>,
+    grant_id: &str,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    enqueue(
+        conn,
+        GRANT,
+        &format!("grant:{grant_id}"),
+        &json!({ "grant_id": grant_id }).to_string(),
+        run_at,
+        now,
+    )
+}
+
+pub fn enqueue(
+    conn: &mut Conn<'_>,
+    kind: &str,
+    dedupe_key: &str,
+    payload: &str,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let run_at = to_micros(run_at);
+    dispatch!(conn, c => diesel::insert_into(jobs::table)
+        .values((
+            jobs::kind.eq(kind),
+            jobs::dedupe_key.eq(dedupe_key),
+            jobs::payload.eq(payload),
+            jobs::run_at.eq(run_at),
+            jobs::attempts.eq(0),
+            jobs::version.eq(0i64),
+            jobs::created_at.eq(to_micros(now)),
+        ))
+        .on_conflict(jobs::dedupe_key)
+        .do_update()
+        .set((
+            jobs::run_at.eq(run_at),
+            jobs::payload.eq(payload),
+            jobs::attempts.eq(0),
+            jobs::last_error.eq(None::<String>),
+            jobs::version.eq(jobs::version + 1),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+pub fn delete_grant_job(conn: &mut Conn<'_>, grant_id: &str) -> Result<(), StoreError> {
+    dispatch!(conn, c => diesel::delete(jobs::table.filter(jobs::dedupe_key.eq(format!("grant:{grant_id}")))).execute(c))?;
+    Ok(())
+}
+
+/// Takes up to `limit` due jobs for this instance, under a lease.
+pub fn claim(
+    db: &Db,
+    instance: &str,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<JobRow>, StoreError> {
+    let now_us = to_micros(now);
+    let until = to_micros(now + lease);
+    db.write(|conn| {
+        let ids: Vec<i64> = match conn {
+            Conn::Postgres(c) => jobs::table
+                .filter(jobs::run_at.le(now_us))
+                .filter(
+                    jobs::locked_until
+                        .is_null()
+                        .or(jobs::locked_until.lt(now_us)),
+                )
+                .order(jobs::run_at.asc())
+                .limit(limit)
+                .select(jobs::id)
+                .for_update()
+                .skip_locked()
+                .load(&mut **c)?,
+            Conn::Sqlite(c) => jobs::table
+                .filter(jobs::run_at.le(now_us))
+                .filter(
+                    jobs::locked_until
+                        .is_null()
+                        .or(jobs::locked_until.lt(now_us)),
+                )
+                .order(jobs::run_at.asc())
+                .limit(limit)
+                .select(jobs::id)
+                .load(&mut **c)?,
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(conn, c => diesel::update(jobs::table.filter(jobs::id.eq_any(&ids)))
+            .set((jobs::locked_by.eq(instance), jobs::locked_until.eq(until)))
+            .execute(c))?;
+        Ok(dispatch!(conn, c => jobs::table
+            .filter(jobs::id.eq_any(&ids))
+            .order(jobs::run_at.asc())
+            .select(JobRow::as_select())
+            .load(c))?)
+    })
+}
+
+/// The next time any job falls due, if there is one.
+pub fn next_due(db: &Db) -> Result<Option<DateTime<Utc>>, StoreError> {
+    db.read(|conn| {
+        let next: Option<i64> = dispatch!(conn, c => jobs::table
+            .filter(jobs::locked_until.is_null())
+            .select(diesel::dsl::min(jobs::run_at))
+            .first(c))?;
+        let leased: Option<i64> = dispatch!(conn, c => jobs::table
+            .filter(jobs::locked_until.is_not_null())
+            .select(diesel::dsl::min(jobs::locked_until))
+            .first(c))?;
+        Ok([next, leased].into_iter().flatten().min().map(from_micros))
+    })
+}
+
+/// How a job run ends.
+#[derive(Debug)]
+enum Finish {
+    Done,
+    At {
+        run_at: DateTime<Utc>,
+        attempts: i32,
+        error: Option<String>,
+    },
+}
+
+fn finish(db: &Db, job: &JobRow, how: Finish) -> Result<(), StoreError> {
+    db.write(|conn| {
+        let n = match &how {
+            Finish::Done => dispatch!(conn, c => diesel::delete(
+                jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
+            )
+            .execute(c))?,
+            Finish::At {
+                run_at,
+                attempts,
+                error,
+            } => dispatch!(conn, c => diesel::update(
+                jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
+            )
+            .set((
+                jobs::run_at.eq(to_micros(*run_at)),
+                jobs::attempts.eq(*attempts),
+                jobs::last_error.eq(error),
+                jobs::locked_by.eq(None::<String>),
+                jobs::locked_until.eq(None::<i64>),
+            ))
+            .execute(c))?,
+        };
+        if n == 0 {
+            // Someone rescheduled the job while it ran (a revocation, say):
+            // their schedule wins; only the lease is released.
+            dispatch!(conn, c => diesel::update(jobs::table.filter(jobs::id.eq(job.id)))
+                .set((jobs::locked_by.eq(None::<String>), jobs::locked_until.eq(None::<i64>)))
+                .execute(c))?;
+        }
+        Ok(())
+    })
+}
+
+fn backoff(state: &AppState, attempts: i32) -> Duration {
+    let cfg = &state.config.jobs;
+    let base = cfg.initial_backoff.0.num_milliseconds().max(1);
+    let cap = cfg.max_backoff.0.num_milliseconds().max(base);
+    let exp = base.saturating_mul(1i64 << attempts.clamp(0, 30));
+    let capped = exp.min(cap);
+    // Jitter spreads retries from many grants failing at once.
+    let jittered = rand::thread_rng().gen_range(capped / 2..=capped);
+    Duration::milliseconds(jittered.max(1))
+}
+
+/// Claims one batch of due jobs and runs them; returns how many ran.
+pub async fn run_due(state: &Arc<AppState>) -> Result<usize, StoreError> {
+    let now = state.clock.now();
+    let limit = state.config.jobs.concurrency as i64;
+    let db = state.db.clone();
+    let instance = state.instance.clone();
+    let lease = state.config.jobs.lease.0;
+    let claimed = tokio::task::spawn_blocking(move || claim(&db, &instance, now, lease, limit))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+    let n = claimed.len();
+    let runs = claimed.into_iter().map(|job| {
+        let state = state.clone();
+        async move {
+            let kind = job.kind.clone();
+            let outcome = match run_job(&state, &job).await {
+                Ok(how) => {
+                    let ok = matches!(how, Finish::Done)
+                        || matches!(&how, Finish::At { error: None, .. });
+                    let db = state.db.clone();
+                    let r = tokio::task::spawn_blocking(move || finish(&db, &job, how)).await;
+                    match r {
+                        Ok(Ok(())) if ok => "ok",
+                        Ok(Ok(())) => "retry",
+                        _ => "error",
+                    }
+                }
+                Err(e) => {
+                    // The lease runs out and the job is taken up again.
+                    tracing::warn!(error = %e, job = job.id, "job could not run");
+                    "error"
+                }
+            };
+            state
+                .metrics
+                .jobs
+                .get_or_create(&JobLabels {
+                    kind,
+                    outcome: outcome.into(),
+                })
+                .inc();
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    Ok(n)
+}
+
+/// Runs every job that is due now, until none is left (tests, `warrant reconcile`).
+pub async fn run_pending(state: &Arc<AppState>) -> Result<usize, StoreError> {
+    let mut total = 0;
+    for _ in 0..10_000 {
+        let n = run_due(state).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok(total)
+}
+
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let db = state.db.clone();
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+async fn run_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, StoreError> {
+    match job.kind.as_str() {
+        GRANT => run_grant_job(state, job).await,
+        other => {
+            tracing::error!(kind = other, job = job.id, "unknown job kind; dropping it");
+            Ok(Finish::Done)
+        }
+    }
+}
+
+/// Moves one grant one or more steps along its life.
+async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, StoreError> {
+    let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
+    let Some(id) = payload
+        .get("grant_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+    else {
+        return Ok(Finish::Done);
+    };
+    let cleanup = payload
+        .get("cleanup")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let attempts = job.attempts;
+    for _ in 0..4 {
+        let now = state.clock.now();
+        let gid = id.clone();
+        let Some(g) = blocking(state, move |db| db.read(|c| crate::grants::get(c, &gid))).await?
+        else {
+            return Ok(Finish::Done);
+        };
+        let expires_at = from_micros(g.expires_at);
+        match g.state() {
+            GrantState::Pending => {
+                let starts_at = from_micros(g.starts_at);
+                if now < starts_at {
+                    return Ok(Finish::At {
+                        run_at: starts_at,
+                        attempts,
+                        error: None,
+                    });
+                }
+                transition(
+                    state,
+                    &g,
+                    GrantState::Pending,
+                    GrantState::Granting,
+                    now,
+                    None,
+                )
+                .await?;
+            }
+            GrantState::Granting if now >= expires_at => {
+                timer_revoke(state, &g, now).await?;
+            }
+            GrantState::Granting => {
+                match providers::call(state, &g, Action::Grant).await {
+                    Ok(()) => {
+                        let applied = transition(
+                            state,
+                            &g,
+                            GrantState::Granting,
+                            GrantState::Active,
+                            now,
+                            None,
+                        )
+                        .await?;
+                        if !applied {
+                            continue;
+                        }
+                        return Ok(Finish::At {
+                            run_at: expires_at,
+                            attempts: 0,
+                            error: None,
+                        });
+                    }
+                    Err(e) => {
+                        let n = attempts + 1;
+                        let msg = e.to_string();
+                        if n >= state.config.jobs.apply_attempts as i32 {
+                            transition(
+                                state,
+                                &g,
+                                GrantState::Granting,
+                                GrantState::Failed,
+                                now,
+                                Some(&msg),
+                            )
+                            .await?;
+                            // A timed-out call may have landed: take it back, forever if need be.
+                            let gid = g.id.clone();
+                            blocking(state, move |db| {
+                                db.write(|c| {
+                                    enqueue(
+                                        c,
+                                        GRANT,
+                                        &format!("grant:{gid}"),
+                                        &json!({ "grant_id": gid, "cleanup": true }).to_string(),
+                                        now,
+                                        now,
+                                    )
+                                })
+                            })
+                            .await?;
+                            return Ok(Finish::At {
+                                run_at: now,
+                                attempts: 0,
+                                error: None,
+                            });
+                        }
+                        audit_only(
+                            state,
+                            &g,
+                            "grant.apply_failed",
+                            json!({ "attempt": n, "error": msg }),
+                            now,
+                        )
+                        .await?;
+                        return Ok(Finish::At {
+                            run_at: now + backoff(state, attempts),
+                            attempts: n,
+                            error: Some(msg),
+                        });
+                    }
+                }
+            }
+            GrantState::Active if now >= expires_at => {
+                timer_revoke(state, &g, now).await?;
+            }
+            GrantState::Active => {
+                return Ok(Finish::At {
+                    run_at: expires_at,
+                    attempts: 0,
+                    error: None,
+                });
+            }
+            GrantState::Revoking => match providers::call(state, &g, Action::Revoke).await {
+                Ok(()) => {
+                    if transition(
+                        state,
+                        &g,
+                        GrantState::Revoking,
+                        GrantState::Revoked,
+                        now,
+                        None,
+                    )
+                    .await?
+                    {
+                        if g.revoke_reason.as_deref() == Some(RevokeReason::Expired.as_str()) {
+                            let lag =
+                                (now - expires_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                            state.metrics.revocation_lag.observe(lag.max(0.0));
+                        }
+                        return Ok(Finish::Done);
+                    }
+                }
+                Err(e) => {
+                    let n = attempts + 1;
+                    let msg = e.to_string();
+                    audit_only(
+                        state,
+                        &g,
+                        "revoke.failed",
+                        json!({ "attempt": n, "error": msg }),
+                        now,
+                    )
+                    .await?;
+                    return Ok(Finish::At {
+                        run_at: now + backoff(state, attempts),
+                        attempts: n,
+                        error: Some(msg),
+                    });
+                }
+            },
+            GrantState::Failed if cleanup => match providers::call(state, &g, Action::Revoke).await
+            {
+                Ok(()) => {
+                    audit_only(state, &g, "grant.cleaned_up", json!({}), now).await?;
+                    return Ok(Finish::Done);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    return Ok(Finish::At {
+                        run_at: now + backoff(state, attempts),
+                        attempts: attempts + 1,
+                        error: Some(msg),
+                    });
+                }
+            },
+            GrantState::Failed | GrantState::Revoked => return Ok(Finish::Done),
+        }
+    }
+    Ok(Finish::At {
+        run_at: state.clock.now(),
+        attempts,
+        error: None,
+    })
+}
+
+/// The grant's window is over: start revoking it.
+async fn timer_revoke(
+    state: &Arc<AppState>,
+    g: &GrantRow,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let g = g.clone();
+    blocking(state, move |db| {
+        db.write(|conn| {
+            let mut events = Vec::new();
+            crate::engine::revoke(
+                conn,
+                &g,
+                RevokeReason::Expired,
+                "timer",
+                None,
+                now,
+                &mut events,
+            )?;
+            audit::append(conn, now, events)
+        })
+    })
+    .await
+}
+
+/// Moves a grant from one state to the next if it is still in the first.
+async fn transition(
+    state: &Arc<AppState>,
+    g: &GrantRow,
+    from: GrantState,
+    to: GrantState,
+    now: DateTime<Utc>,
+    failure: Option<&str>,
+) -> Result<bool, StoreError> {
+    let g = g.clone();
+    let failure = failure.map(str::to_string);
+    blocking(state, move |db| {
+        db.write(|conn| {
+            let at = to_micros(now);
+            let n = dispatch!(conn, c => diesel::update(grants::table.find(&g.id).filter(grants::state.eq(from.as_str())))
+                .set((grants::state.eq(to.as_str()), grants::updated_at.eq(at)))
+                .execute(c))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let (kind, data) = match to {
+                GrantState::Active => {
+                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::activated_at.eq(at)).execute(c))?;
+                    ("grant.applied", json!({ "resource": g.resource, "account": g.account }))
+                }
+                GrantState::Revoked => {
+                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::revoked_at.eq(at)).execute(c))?;
+                    ("grant.revoked", json!({ "reason": g.revoke_reason, "applied": true }))
+                }
+                GrantState::Failed => {
+                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::failure.eq(&failure)).execute(c))?;
+                    ("grant.failed", json!({ "error": failure }))
+                }
+                GrantState::Granting => ("grant.starting", json!({})),
+                other => ("grant.state", json!({ "state": other })),
+            };
+            audit::append(conn, now, vec![NewEvent::new(kind, "warrant", data).ticket(&g.ticket).grant(&g.id)])?;
+            Ok(true)
+        })
+    })
+    .await
+}
+
+async fn audit_only(
+    state: &Arc<AppState>,
+    g: &GrantRow,
+    kind: &'static str,
+    data: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (ticket, id) = (g.ticket.clone(), g.id.clone());
+    blocking(state, move |db| {
+        db.write(|conn| {
+            audit::append(
+                conn,
+                now,
+                vec![NewEvent::new(kind, "warrant", data)
+                    .ticket(ticket)
+                    .grant(id)],
+            )
+        })
+    })
+    .await
+}
+
+/// The safety net: any grant still needing work but without a job gets one.
+pub fn sweep(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    #[derive(QueryableByName)]
+    struct Orphan {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    let sql = "SELECT g.id FROM grants g WHERE g.state IN ('pending', 'granting', 'active', 'revoking') \
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.dedupe_key = 'grant:' || g.id) LIMIT 1000";
+    db.write(|conn| {
+        let orphans: Vec<Orphan> = dispatch!(conn, c => diesel::sql_query(sql).load(c))?;
+        for o in &orphans {
+            tracing::warn!(grant = %o.id, "grant had no job; rescheduling");
+            enqueue_grant(conn, &o.id, now, now)?;
+        }
+        Ok(orphans.len())
+    })
+}
 
 pub struct Runner;
 
@@ -28,11 +617,40 @@ impl Runner {
     pub fn spawn(state: Arc<AppState>) -> RunnerHandle {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
+            let mut last_sweep: Option<DateTime<Utc>> = None;
             loop {
+                if *stopped.borrow() {
+                    break;
+                }
+                let wait = match run_due(&state).await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {
+                        let now = state.clock.now();
+                        if last_sweep.is_none_or(|t| now - t >= state.config.jobs.sweep_interval.0)
+                        {
+                            last_sweep = Some(now);
+                            if let Err(e) = blocking(&state, move |db| sweep(db, now)).await {
+                                tracing::warn!(error = %e, "sweep failed");
+                            }
+                        }
+                        match blocking(&state, next_due).await {
+                            Ok(Some(t)) => (t - now)
+                                .to_std()
+                                .unwrap_or(StdDuration::ZERO)
+                                .min(StdDuration::from_secs(1)),
+                            Ok(None) => StdDuration::from_secs(1),
+                            Err(_) => StdDuration::from_secs(1),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job runner cannot reach the database");
+                        StdDuration::from_secs(1)
+                    }
+                };
                 tokio::select! {
-                    _ = stopped.changed() => break,
+                    _ = stopped.changed() => {}
                     _ = state.wake.notified() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         });

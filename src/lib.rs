@@ -7,12 +7,18 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod engine;
+pub mod grants;
 pub mod jobs;
 pub mod metrics;
+pub mod policy;
+pub mod providers;
+pub mod sources;
 pub mod store;
 pub mod ticket;

@@ -62,8 +62,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("warrant");
         let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_duration =
-            Family::<HttpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let webhooks = Family::<WebhookLabels, Counter>::default();
         let jobs = Family::<JobLabels, Counter>::default();
         let grants = Family::<StateLabels, Gauge<i64, AtomicI64Wrap>>::default();

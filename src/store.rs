@@ -18,8 +18,16 @@ pub fn refresh_gauges(db: &Db, metrics: &Metrics, now: DateTime<Utc>) -> Result<
             .select((grants::state, diesel::dsl::count_star()))
             .load(c))?;
         for s in GrantState::ALL {
-            let n = by_state.iter().find(|(st, _)| st == s.as_str()).map_or(0, |(_, n)| *n);
-            metrics.grants.get_or_create(&StateLabels { state: s.as_str().into() }).set(n);
+            let n = by_state
+                .iter()
+                .find(|(st, _)| st == s.as_str())
+                .map_or(0, |(_, n)| *n);
+            metrics
+                .grants
+                .get_or_create(&StateLabels {
+                    state: s.as_str().into(),
+                })
+                .set(n);
         }
         let live: Vec<&str> = vec!["pending", "granting", "active", "revoking"];
         let overdue: i64 = dispatch!(conn, c => grants::table
@@ -28,7 +36,8 @@ pub fn refresh_gauges(db: &Db, metrics: &Metrics, now: DateTime<Utc>) -> Result<
             .count()
             .get_result(c))?;
         metrics.overdue_revocations.set(overdue);
-        let due: i64 = dispatch!(conn, c => jobs::table.filter(jobs::run_at.le(now)).count().get_result(c))?;
+        let due: i64 =
+            dispatch!(conn, c => jobs::table.filter(jobs::run_at.le(now)).count().get_result(c))?;
         metrics.jobs_due.set(due);
         Ok(())
     })

@@ -207,26 +207,69 @@ mod tests {
     #[test]
     fn approval_is_remembered_and_pins_the_request() {
         let at = Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap();
-        let s1 = merge(None, event(ApprovalSignal::Given { by: vec!["alice".into()], at }, "prod-db/readonly"));
+        let s1 = merge(
+            None,
+            event(
+                ApprovalSignal::Given {
+                    by: vec!["alice".into()],
+                    at,
+                },
+                "prod-db/readonly",
+            ),
+        );
         assert!(s1.approved);
-        let s2 = merge(Some(&s1), event(ApprovalSignal::Carried { still: true }, "prod-db/admin"));
+        let s2 = merge(
+            Some(&s1),
+            event(ApprovalSignal::Carried { still: true }, "prod-db/admin"),
+        );
         assert!(s2.approved);
         let a = s2.approval.clone().unwrap();
         assert_eq!(a.approvers, vec!["alice".to_string()]);
-        assert_ne!(a.fingerprint, s2.request_fingerprint(), "the edit is visible");
+        assert_ne!(
+            a.fingerprint,
+            s2.request_fingerprint(),
+            "the edit is visible"
+        );
         let s3 = merge(Some(&s2), event(ApprovalSignal::Withdrawn, "prod-db/admin"));
         assert!(!s3.approved && s3.approval.is_none());
-        let s4 = merge(Some(&s3), event(ApprovalSignal::Carried { still: true }, "prod-db/admin"));
-        assert!(s4.approved && s4.approval.is_none(), "an approval warrant never saw is unknown");
+        let s4 = merge(
+            Some(&s3),
+            event(ApprovalSignal::Carried { still: true }, "prod-db/admin"),
+        );
+        assert!(
+            s4.approved && s4.approval.is_none(),
+            "an approval warrant never saw is unknown"
+        );
     }
 
     #[test]
     fn stated_approval_keeps_its_time_while_approvers_stay() {
         let t1 = Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap();
         let t2 = Utc.with_ymd_and_hms(2026, 1, 1, 9, 30, 0).unwrap();
-        let s1 = merge(None, event(ApprovalSignal::Stated { by: vec!["bob".into()], at: t1 }, "x/y"));
-        let s2 = merge(Some(&s1), event(ApprovalSignal::Stated { by: vec!["bob".into()], at: t2 }, "x/z"));
+        let s1 = merge(
+            None,
+            event(
+                ApprovalSignal::Stated {
+                    by: vec!["bob".into()],
+                    at: t1,
+                },
+                "x/y",
+            ),
+        );
+        let s2 = merge(
+            Some(&s1),
+            event(
+                ApprovalSignal::Stated {
+                    by: vec!["bob".into()],
+                    at: t2,
+                },
+                "x/z",
+            ),
+        );
         assert_eq!(s2.approval.as_ref().unwrap().at, t1);
-        assert_ne!(s2.approval.unwrap().fingerprint, s2.request.unwrap().fingerprint());
+        assert_ne!(
+            s2.approval.unwrap().fingerprint,
+            s2.request.unwrap().fingerprint()
+        );
     }
 }

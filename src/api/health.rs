@@ -19,7 +19,9 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let db = state.db.clone();
     match blocking(move || Ok(db.ready())).await {
-        Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready", "database": state.db.backend() })),
+        Ok(Ok(())) => {
+            HttpResponse::Ok().json(json!({ "status": "ready", "database": state.db.backend() }))
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready");
             HttpResponse::ServiceUnavailable().json(json!({

@@ -1,10 +1,17 @@
 //! The HTTP surface: each area registers its own routes.
 
+pub mod audit;
+pub mod auth;
 pub mod error;
+pub mod grants;
 pub mod health;
+pub mod webhooks;
 
 use actix_web::web;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     health::config(cfg);
+    webhooks::config(cfg);
+    grants::config(cfg);
+    audit::config(cfg);
 }

@@ -89,7 +89,10 @@ pub enum DbUrl {
 
 impl DbUrl {
     pub fn parse(url: &str) -> Result<DbUrl, String> {
-        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             if rest.is_empty() {
                 return Err("`sqlite://` needs a file path, e.g. sqlite://warrant.db".into());
             }

@@ -1,0 +1,233 @@
+//! The auditors' read of the trail: `GET /v1/audit` (filters, cursor
+//! paging), `GET /v1/audit/export` (streamed JSON lines or CSV, flat
+//! memory), `GET /v1/audit/verify`.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::auth::Caller;
+use crate::api::error::{blocking, ApiError};
+use crate::api::grants::parse_time;
+use crate::app::AppState;
+use crate::audit::{self, Event, EventRow};
+use crate::db::schema::audit_events;
+use crate::db::{Db, StoreError};
+use crate::dispatch;
+use crate::domain::to_micros;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/audit", web::get().to(list))
+        .route("/v1/audit/export", web::get().to(export))
+        .route("/v1/audit/verify", web::get().to(verify));
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub ticket: Option<String>,
+    pub grant: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// One page of events in `seq` order, after the cursor.
+pub fn page(db: &Db, f: &AuditFilter) -> Result<Vec<EventRow>, StoreError> {
+    db.read(|conn| {
+        macro_rules! q {
+            ($c:expr) => {{
+                let mut q = audit_events::table
+                    .select(EventRow::as_select())
+                    .into_boxed();
+                q = q.filter(audit_events::seq.gt(f.after));
+                if let Some(t) = &f.ticket {
+                    q = q.filter(audit_events::ticket.eq(t));
+                }
+                if let Some(g) = &f.grant {
+                    q = q.filter(audit_events::grant_id.eq(g));
+                }
+                if let Some(s) = f.since {
+                    q = q.filter(audit_events::at.ge(to_micros(s)));
+                }
+                if let Some(u) = f.until {
+                    q = q.filter(audit_events::at.lt(to_micros(u)));
+                }
+                q.order(audit_events::seq.asc()).limit(f.limit).load($c)
+            }};
+        }
+        Ok(dispatch!(conn, c => q!(c))?)
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Query {
+    ticket: Option<String>,
+    grant: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+    format: Option<String>,
+}
+
+fn filter_of(q: &Query, default_limit: i64) -> Result<AuditFilter, ApiError> {
+    let limit = q.limit.unwrap_or(default_limit);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 10000".into(),
+        ));
+    }
+    Ok(AuditFilter {
+        ticket: q.ticket.clone(),
+        grant: q.grant.clone(),
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?,
+        after: q.after.unwrap_or(0).max(0),
+        limit,
+    })
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
+    let f = filter_of(&q, 100)?;
+    let st = state.clone();
+    let limit = f.limit;
+    let rows = blocking(move || Ok(page(&st.db, &f)?)).await?;
+    let next = if rows.len() as i64 == limit {
+        rows.last().map(|r| r.seq)
+    } else {
+        None
+    };
+    let events: Vec<Event> = rows.into_iter().map(Event::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "events": events, "next": next })))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "jsonl" => Ok(Format::Jsonl),
+            "csv" => Ok(Format::Csv),
+            other => Err(format!(
+                "format `{}` is not jsonl or csv",
+                crate::domain::truncate(other, 20)
+            )),
+        }
+    }
+}
+
+pub const CSV_HEADER: &str = "seq,at,type,ticket,grant_id,actor,data,prev_hash,hash\n";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One exported line, newline included.
+pub fn export_line(row: EventRow, format: Format) -> String {
+    match format {
+        Format::Jsonl => {
+            let mut s = serde_json::to_string(&Event::from(row)).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        Format::Csv => {
+            let e = Event::from(row);
+            let data = e.data.to_string();
+            format!(
+                "{},{},{},{},{},{},{},{},{}\n",
+                e.seq,
+                e.at,
+                csv_field(&e.kind),
+                csv_field(e.ticket.as_deref().unwrap_or("")),
+                csv_field(e.grant_id.as_deref().unwrap_or("")),
+                csv_field(&e.actor),
+                csv_field(&data),
+                e.prev_hash,
+                e.hash
+            )
+        }
+    }
+}
+
+async fn export(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
+    let format: Format = q
+        .format
+        .as_deref()
+        .unwrap_or("jsonl")
+        .parse()
+        .map_err(ApiError::BadRequest)?;
+    let mut f = filter_of(&q, 1000)?;
+    f.limit = 1000;
+    let db = state.db.clone();
+    // Pages are fetched as the client reads, so memory stays flat.
+    let stream =
+        futures_util::stream::unfold((Some(f), format == Format::Csv), move |(cursor, header)| {
+            let db = db.clone();
+            async move {
+                let mut f = cursor?;
+                let mut out = String::new();
+                if header {
+                    out.push_str(CSV_HEADER);
+                }
+                let fetch = f.clone();
+                let rows = match tokio::task::spawn_blocking(move || page(&db, &fetch)).await {
+                    Ok(Ok(rows)) => rows,
+                    _ => return None,
+                };
+                let done = (rows.len() as i64) < f.limit;
+                if let Some(last) = rows.last() {
+                    f.after = last.seq;
+                }
+                for r in rows {
+                    out.push_str(&export_line(r, format));
+                }
+                let next = if done { None } else { Some(f) };
+                Some((
+                    Ok::<_, actix_web::Error>(web::Bytes::from(out)),
+                    (next, false),
+                ))
+            }
+        });
+    let content_type = match format {
+        Format::Jsonl => "application/x-ndjson",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .streaming(stream))
+}
+
+async fn verify(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
+    let st = state.clone();
+    let v = blocking(move || Ok(audit::verify(&st.db)?)).await?;
+    Ok(HttpResponse::Ok().json(v))
+}

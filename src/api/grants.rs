@@ -1,0 +1,211 @@
+//! `GET /v1/grants`, `GET /v1/grants/{id}`, `POST /v1/grants/{id}/revoke`,
+//! and the ticket's whole trace at `GET /v1/tickets/{key}`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::auth::Caller;
+use crate::api::error::{blocking, ApiError};
+use crate::app::AppState;
+use crate::audit::{Event, EventRow};
+use crate::db::schema::{audit_events, decisions};
+use crate::dispatch;
+use crate::domain::{from_micros, rfc3339, GrantState, RevokeReason, TicketKey};
+use crate::engine::{self, DecisionRow};
+use crate::grants::{self, Filter, Grant};
+use crate::ticket::Snapshot;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/grants", web::get().to(list))
+        .route("/v1/grants/{id}", web::get().to(get))
+        .route("/v1/grants/{id}/revoke", web::post().to(revoke))
+        .route("/v1/tickets/{key:.*}", web::get().to(ticket));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    ticket: Option<String>,
+    subject: Option<String>,
+    resource: Option<String>,
+    state: Option<String>,
+    active_at: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+pub fn parse_time(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "`{name}` must be an RFC 3339 time, e.g. 2026-11-25T10:00:00Z"
+            ))
+        })
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=5000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 5000".into(),
+        ));
+    }
+    let filter = Filter {
+        ticket: q.ticket,
+        subject: q.subject,
+        resource: q.resource,
+        state: q
+            .state
+            .map(|s| s.parse::<GrantState>().map_err(ApiError::BadRequest))
+            .transpose()?,
+        active_at: q
+            .active_at
+            .map(|t| parse_time("active_at", &t))
+            .transpose()?,
+        after: q.after,
+        limit,
+    };
+    let st = state.clone();
+    let rows = blocking(move || Ok(st.db.read(|c| grants::list(c, &filter))?)).await?;
+    let next = if rows.len() as i64 == limit {
+        rows.last().map(|g| g.id.clone())
+    } else {
+        None
+    };
+    let grants: Vec<Grant> = rows.into_iter().map(Grant::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "grants": grants, "next": next })))
+}
+
+async fn get(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let st = state.clone();
+    let row = blocking(move || Ok(st.db.read(|c| grants::get(c, &id))?)).await?;
+    match row {
+        Some(g) => Ok(HttpResponse::Ok().json(Grant::from(g))),
+        None => Err(ApiError::NotFound("no such grant".into())),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    reason: Option<String>,
+}
+
+/// The reason recorded for a revocation by hand: `manual` or `drift` as
+/// given; any other text is kept as a note on a `manual` revocation.
+pub fn manual_reason(text: Option<&str>) -> (RevokeReason, Option<String>) {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => match t.parse::<RevokeReason>() {
+            Ok(r @ (RevokeReason::Manual | RevokeReason::Drift)) => (r, None),
+            _ => (RevokeReason::Manual, Some(crate::domain::truncate(t, 500))),
+        },
+        None => (RevokeReason::Manual, None),
+    }
+}
+
+async fn revoke(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    body: Option<web::Json<RevokeBody>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    let (reason, note) = manual_reason(body.reason.as_deref());
+    let id = id.into_inner();
+    let st = state.clone();
+    let now = state.clock.now();
+    let actor = caller.actor();
+    let row = blocking(move || {
+        Ok(engine::revoke_by_hand(
+            &st.db,
+            now,
+            &id,
+            reason,
+            &actor,
+            note.as_deref(),
+        )?)
+    })
+    .await?;
+    state.wake.notify_one();
+    match row {
+        Some(g) => Ok(HttpResponse::Ok().json(Grant::from(g))),
+        None => Err(ApiError::NotFound("no such grant".into())),
+    }
+}
+
+/// The ticket key from the raw path, so `%2F` and `%23` decode exactly once.
+fn ticket_key(req: &HttpRequest) -> Result<TicketKey, ApiError> {
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/tickets/")
+        .unwrap_or_default();
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::BadRequest("the ticket key is not UTF-8".into()))?;
+    decoded.parse().map_err(ApiError::BadRequest)
+}
+
+async fn ticket(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let key = ticket_key(&req)?;
+    let st = state.clone();
+    let k = key.to_string();
+    let found = blocking(move || {
+        Ok(st.db.read(|conn| {
+            let Some(row) = engine::load_ticket(conn, &k)? else {
+                return Ok(None);
+            };
+            let decisions: Vec<DecisionRow> = dispatch!(conn, c => decisions::table
+                .filter(decisions::ticket.eq(&k))
+                .order(decisions::id.asc())
+                .select(DecisionRow::as_select())
+                .load(c))?;
+            let grants = grants::of_ticket(conn, &k)?;
+            let events: Vec<EventRow> = dispatch!(conn, c => audit_events::table
+                .filter(audit_events::ticket.eq(&k))
+                .order(audit_events::seq.asc())
+                .limit(10_000)
+                .select(EventRow::as_select())
+                .load(c))?;
+            Ok(Some((row, decisions, grants, events)))
+        })?)
+    })
+    .await?;
+    let Some((row, decisions, grants, events)) = found else {
+        return Err(ApiError::NotFound(format!(
+            "warrant has not seen ticket {key}"
+        )));
+    };
+    let snapshot: Option<Snapshot> = serde_json::from_str(&row.snapshot).ok();
+    let decisions: Vec<_> = decisions
+        .into_iter()
+        .map(|d| json!({ "at": rfc3339(from_micros(d.at)), "outcome": d.outcome, "reason": d.reason, "detail": d.detail }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "ticket": key,
+        "snapshot": snapshot,
+        "decision": decisions.last(),
+        "decisions": decisions,
+        "grants": grants.into_iter().map(Grant::from).collect::<Vec<_>>(),
+        "events": events.into_iter().map(Event::from).collect::<Vec<_>>(),
+    })))
+}

@@ -1,0 +1,195 @@
+//! `POST /webhooks/{source}`: the intake, in the order that keeps bad input
+//! harmless — size (while reading), signature on the raw bytes
+//! (constant-time), parse, then dedupe on the delivery id inside the same
+//! transaction as every change the delivery makes.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::error::{blocking, ApiError};
+use crate::app::AppState;
+use crate::config::whsec_key;
+use crate::domain::Source;
+use crate::engine::{self, Delivery, Outcome};
+use crate::metrics::WebhookLabels;
+use crate::sources::{self, signature, Parsed};
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/webhooks/{source}", web::post().to(receive));
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the body, refusing as soon as it passes the limit.
+async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    if let Some(len) = header(req, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if len > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge(limit),
+            other => ApiError::BadRequest(format!("cannot read the body: {other}")),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn delivery_id(raw: Option<&str>, name: &str) -> Result<String, ApiError> {
+    match raw.map(str::trim) {
+        Some(id)
+            if !id.is_empty() && id.len() <= 200 && id.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            Ok(id.to_string())
+        }
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "header {name} is not a valid delivery id"
+        ))),
+        None => Err(ApiError::BadRequest(format!("header {name} is missing"))),
+    }
+}
+
+async fn receive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let source: Source = path.into_inner().parse().map_err(|_| {
+        ApiError::NotFound("no such webhook source (github, jira or servicenow)".into())
+    })?;
+    let sources_cfg = &state.config.sources;
+    let configured = match source {
+        Source::Github => sources_cfg.github.is_some(),
+        Source::Jira => sources_cfg.jira.is_some(),
+        Source::Servicenow => sources_cfg.servicenow.is_some(),
+    };
+    if !configured {
+        return Err(ApiError::NotFound(format!(
+            "source `{source}` is not configured"
+        )));
+    }
+    let result = receive_configured(&state, &req, source, payload).await;
+    let outcome = match &result {
+        Ok((o, _)) => match o {
+            Outcome::Accepted(_) => "accepted",
+            Outcome::Duplicate(_) => "duplicate",
+            Outcome::Ignored(_) => "ignored",
+        },
+        Err(ApiError::Unauthorized(_)) => "unauthorized",
+        Err(ApiError::BadRequest(_)) => "bad_request",
+        Err(ApiError::PayloadTooLarge(_)) => "too_large",
+        Err(_) => "error",
+    };
+    state
+        .metrics
+        .webhooks
+        .get_or_create(&WebhookLabels {
+            source: source.to_string(),
+            outcome: outcome.into(),
+        })
+        .inc();
+    let (outcome, delivery) = result?;
+    let (status, ticket) = match outcome {
+        Outcome::Accepted(t) => {
+            state.wake.notify_one();
+            ("accepted", t.map(|k| k.to_string()))
+        }
+        Outcome::Duplicate(t) => ("duplicate", t),
+        Outcome::Ignored(t) => ("ignored", t.map(|k| k.to_string())),
+    };
+    tracing::info!(%source, delivery = %delivery, status, ticket = ticket.as_deref().unwrap_or("-"), "webhook");
+    Ok(
+        HttpResponse::Ok()
+            .json(json!({ "status": status, "delivery": delivery, "ticket": ticket })),
+    )
+}
+
+async fn receive_configured(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    source: Source,
+    payload: web::Payload,
+) -> Result<(Outcome, String), ApiError> {
+    let body = read_limited(req, payload, state.config.server.max_body_bytes).await?;
+    let now = state.clock.now();
+    let sources_cfg = &state.config.sources;
+    let unauthorized = |e: signature::SignatureError| ApiError::Unauthorized(e.to_string());
+    let secret_of = |s: &Option<crate::config::Secret>| s.clone().ok_or(ApiError::Internal);
+    let (id, parsed) = match source {
+        Source::Github => {
+            let cfg = sources_cfg.github.as_ref().ok_or(ApiError::Internal)?;
+            let secret = secret_of(&cfg.secret)?;
+            signature::verify_hub(
+                secret.expose().as_bytes(),
+                "X-Hub-Signature-256",
+                header(req, "x-hub-signature-256"),
+                &body,
+            )
+            .map_err(unauthorized)?;
+            let id = delivery_id(header(req, "x-github-delivery"), "X-GitHub-Delivery")?;
+            let event = header(req, "x-github-event")
+                .ok_or_else(|| ApiError::BadRequest("header X-GitHub-Event is missing".into()))?;
+            (id, sources::github::parse(cfg, event, &body))
+        }
+        Source::Jira => {
+            let cfg = sources_cfg.jira.as_ref().ok_or(ApiError::Internal)?;
+            let secret = secret_of(&cfg.secret)?;
+            signature::verify_hub(
+                secret.expose().as_bytes(),
+                "X-Hub-Signature",
+                header(req, "x-hub-signature"),
+                &body,
+            )
+            .map_err(unauthorized)?;
+            // Jira Server/Data Center may not send an identifier; the body's
+            // hash then dedupes exact redeliveries.
+            let id = match header(req, "x-atlassian-webhook-identifier") {
+                Some(raw) => delivery_id(Some(raw), "X-Atlassian-Webhook-Identifier")?,
+                None => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+            };
+            (id, sources::jira::parse(cfg, &body))
+        }
+        Source::Servicenow => {
+            let cfg = sources_cfg.servicenow.as_ref().ok_or(ApiError::Internal)?;
+            let secret = secret_of(&cfg.secret)?;
+            let key = whsec_key(secret.expose()).map_err(|_| ApiError::Internal)?;
+            signature::verify_standard(
+                &key,
+                header(req, "webhook-id"),
+                header(req, "webhook-timestamp"),
+                header(req, "webhook-signature"),
+                &body,
+                now,
+                state.config.server.timestamp_tolerance.0,
+            )
+            .map_err(unauthorized)?;
+            let id = delivery_id(header(req, "webhook-id"), "webhook-id")?;
+            (id, sources::servicenow::parse(cfg, &body))
+        }
+    };
+    let parsed: Parsed = parsed.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let delivery = Delivery {
+        source,
+        id: id.clone(),
+        body_sha256: hex::encode(Sha256::digest(&body)),
+        parsed,
+    };
+    let st = state.clone();
+    let outcome = blocking(move || Ok(engine::ingest(&st.db, &st.config, now, delivery)?)).await?;
+    Ok((outcome, id))
+}

@@ -1,0 +1,72 @@
+//! The `http` provider: POSTs each grant and revoke to a receiver, signed per
+//! Standard Webhooks. `webhook-id` is stable per grant and action, so the
+//! receiver can use it as its idempotency key across our retries.
+
+use chrono::{DateTime, Utc};
+
+use super::{Call, ProviderError};
+use crate::config::{whsec_key, HttpProvider};
+use crate::sources::signature::sign_standard;
+
+pub async fn call(
+    client: &reqwest::Client,
+    cfg: &HttpProvider,
+    call: &Call<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), ProviderError> {
+    let body = serde_json::to_vec(call).map_err(|e| ProviderError::Call(e.to_string()))?;
+    let secret = cfg
+        .secret
+        .as_ref()
+        .ok_or_else(|| ProviderError::Call("no secret".into()))?;
+    let key = whsec_key(secret.expose()).map_err(ProviderError::Call)?;
+    let id = format!("{}-{}", call.grant_id, call.action.as_str());
+    let ts = now.timestamp();
+    let signature = sign_standard(&key, &id, ts, &body);
+    let resp = client
+        .post(&cfg.url)
+        .timeout(cfg.timeout.std())
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ProviderError::Call(format!("POST {}: {}", cfg.url, without_url(&e))))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(ProviderError::Call(format!(
+            "POST {} answered {}",
+            cfg.url,
+            status.as_u16()
+        )))
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        e.without_url().to_string()
+    }
+}
+
+// reqwest's Error::without_url consumes; keep a borrowed helper.
+trait WithoutUrl {
+    fn without_url(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url(&self) -> String {
+        let mut s = self.to_string();
+        if let Some(u) = self.url() {
+            s = s.replace(u.as_str(), "");
+        }
+        s
+    }
+}

@@ -1,0 +1,128 @@
+//! Providers apply and remove access. Resource `P/T` goes to provider `P`
+//! with target `T`. Every call is idempotent at the provider: granting what
+//! is held, or revoking what is gone, succeeds.
+
+pub mod github_team;
+pub mod http;
+pub mod postgres;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::config::{Config, ProviderConfig};
+use crate::domain::{from_micros, rfc3339};
+use crate::grants::GrantRow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Grant,
+    Revoke,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Grant => "grant",
+            Action::Revoke => "revoke",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("provider `{0}` is not configured")]
+    Unknown(String),
+    #[error("{0}")]
+    Call(String),
+}
+
+/// Per-provider state that outlives one call (connection pools).
+#[derive(Default)]
+pub struct Providers {
+    postgres: HashMap<String, postgres::Pool>,
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Providers")
+            .field("postgres", &self.postgres.keys())
+            .finish()
+    }
+}
+
+impl Providers {
+    pub fn new(config: &Config) -> Providers {
+        let mut postgres = HashMap::new();
+        for (name, p) in &config.providers {
+            if let ProviderConfig::Postgres(pg) = p {
+                if let Some(url) = &pg.url {
+                    postgres.insert(name.clone(), postgres::Pool::new(url));
+                }
+            }
+        }
+        Providers { postgres }
+    }
+}
+
+/// What a provider is told about a grant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Call<'a> {
+    pub action: Action,
+    pub grant_id: &'a str,
+    pub subject: &'a str,
+    pub account: &'a str,
+    pub resource: &'a str,
+    pub target: &'a str,
+    pub ticket: &'a str,
+    pub starts_at: String,
+    pub expires_at: String,
+}
+
+pub async fn call(
+    state: &Arc<AppState>,
+    g: &GrantRow,
+    action: Action,
+) -> Result<(), ProviderError> {
+    let (provider, target) = g
+        .resource
+        .split_once('/')
+        .unwrap_or((g.resource.as_str(), ""));
+    let Some(config) = state.config.providers.get(provider) else {
+        return Err(ProviderError::Unknown(provider.to_string()));
+    };
+    let call = Call {
+        action,
+        grant_id: &g.id,
+        subject: &g.subject,
+        account: &g.account,
+        resource: &g.resource,
+        target,
+        ticket: &g.ticket,
+        starts_at: rfc3339(from_micros(g.starts_at)),
+        expires_at: rfc3339(from_micros(g.expires_at)),
+    };
+    let result = match config {
+        ProviderConfig::Http(h) => http::call(&state.http, h, &call, state.clock.now()).await,
+        ProviderConfig::Postgres(_) => match state.providers.postgres.get(provider) {
+            Some(pool) => pool.call(&call).await,
+            None => Err(ProviderError::Unknown(provider.to_string())),
+        },
+        ProviderConfig::GithubTeam(gh) => github_team::call(&state.http, gh, &call).await,
+        // A token grant is the credential itself: nothing to apply, and
+        // introspection answers from the grant's state.
+        ProviderConfig::Token(_) => Ok(()),
+    };
+    match &result {
+        Ok(()) => {
+            tracing::info!(grant = %g.id, provider, action = action.as_str(), "provider call done")
+        }
+        Err(e) => {
+            tracing::warn!(grant = %g.id, provider, action = action.as_str(), error = %e, "provider call failed")
+        }
+    }
+    result
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests through HTTP against the real app, on SQLite and on
+//! PostgreSQL.
+
+mod helpers;
+mod payloads;
+
+mod audit;
+mod health;
+mod lifecycle;
+mod people;
+mod webhooks;
