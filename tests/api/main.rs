@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 //! End-to-end tests through HTTP against the real app, on SQLite and on
 //! PostgreSQL.
 
