@@ -537,10 +537,8 @@ async fn postgres_provider_grants_a_real_role(backend: Backend) {
     admin
         .batch_execute(&format!("CREATE ROLE {role} NOLOGIN;"))
         .unwrap();
-    let extra = format!(
-        "[providers.prod-db]\nkind = \"postgres\"\nurl_env = \"PROD_DB_URL\"\n\n[[policies]]\nname = \"db\"\nresources = [\"prod-db/*\"]\nsources = [\"github\"]\napprovers = [\"alice\"]\nmax_duration = \"4h\"\n"
-    );
-    let app = app!(backend, &extra);
+    let extra = "[providers.prod-db]\nkind = \"postgres\"\nurl_env = \"PROD_DB_URL\"\n\n[[policies]]\nname = \"db\"\nresources = [\"prod-db/*\"]\nsources = [\"github\"]\napprovers = [\"alice\"]\nmax_duration = \"4h\"\n";
+    let app = app!(backend, extra);
     // With no `accounts` entry, the grant goes to the principal's name.
     let mut issue = Issue::new(42, t0());
     issue.body = payloads::form(&format!("prod-db/{role}"), "1h", None);
