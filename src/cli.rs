@@ -35,6 +35,89 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and exit.
     CheckConfig,
+    /// Parse a webhook body from a file and print the snapshot and the
+    /// decision it would lead to. Changes nothing.
+    Simulate {
+        /// github, jira or servicenow.
+        #[arg(long)]
+        source: String,
+        /// The webhook body (JSON).
+        #[arg(long)]
+        file: PathBuf,
+        /// For GitHub: the X-GitHub-Event header.
+        #[arg(long, default_value = "issues")]
+        event: String,
+        /// Decide as of this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// List or revoke grants.
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
+    /// Verify or export the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Re-decide every ticket now (after a configuration change, say),
+    /// reschedule grants that lost their job, and run what is due.
+    Reconcile {
+        /// Only re-decide and schedule; leave the provider calls to `serve`.
+        #[arg(long)]
+        no_jobs: bool,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// List grants, newest last.
+    List {
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Only grants that are live (pending, granting, active).
+        #[arg(long)]
+        active: bool,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant by hand.
+    Revoke {
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits 1 if it is broken.
+    Verify,
+    /// Write every event to standard output.
+    Export {
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a random token; print it once, with the configuration entry that holds its hash.
+    New {
+        #[arg(long)]
+        name: String,
+        /// admin or auditor.
+        #[arg(long)]
+        role: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -50,6 +133,10 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // Making a token needs no configuration.
+    if let Command::Token { command: TokenCommand::New { name, role } } = &cli.command {
+        return token_new(name, role);
+    }
     let path = crate::config::locate(cli.config.as_deref());
     let config = match load(&path) {
         Ok(c) => c,
@@ -130,6 +217,11 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Simulate { source, file, event, at } => simulate(&config, &source, &file, &event, at.as_deref()),
+        Command::Grants { command } => tokio::task::block_in_place(|| grants_command(&config, command)),
+        Command::Audit { command } => tokio::task::block_in_place(|| audit_command(&config, command)),
+        Command::Reconcile { no_jobs } => reconcile(config, no_jobs).await,
+        Command::Token { .. } => ExitCode::from(2),
         Command::Serve { no_jobs } => {
             let options = Options {
                 run_jobs: !no_jobs,
@@ -144,6 +236,230 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
             }
         }
     }
+}
+
+fn token_new(name: &str, role: &str) -> ExitCode {
+    use rand::RngCore;
+    if !matches!(role, "admin" | "auditor") {
+        eprintln!("error: --role must be admin or auditor");
+        return ExitCode::from(2);
+    }
+    if name.trim().is_empty() || name.contains(['"', '\\', '\n']) {
+        eprintln!("error: --name must be a plain name");
+        return ExitCode::from(2);
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = format!("wrt_{}", hex::encode(bytes));
+    println!("token (shown once, keep it secret): {token}");
+    println!();
+    println!("[[api.tokens]]");
+    println!("name = \"{name}\"");
+    println!("role = \"{role}\"");
+    println!("sha256 = \"{}\"", crate::api::auth::hash_token(&token));
+    ExitCode::SUCCESS
+}
+
+fn open_db(config: &Config) -> Result<crate::db::Db, ExitCode> {
+    let db = crate::db::Db::open(&config.database.url, 2, config.database.connect_timeout.std()).map_err(fail)?;
+    db.migrate().map_err(fail)?;
+    Ok(db)
+}
+
+fn simulate(config: &Config, source: &str, file: &Path, event: &str, at: Option<&str>) -> ExitCode {
+    use crate::domain::Source;
+    use crate::sources::Parsed;
+    let source: Source = match source.parse() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: --source: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = match at.map(chrono::DateTime::parse_from_rfc3339).transpose() {
+        Ok(t) => t.map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_else(chrono::Utc::now),
+        Err(_) => {
+            eprintln!("error: --at must be an RFC 3339 time");
+            return ExitCode::from(2);
+        }
+    };
+    let body = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: --file {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let parsed = match source {
+        Source::Github => config.sources.github.as_ref().map(|c| crate::sources::github::parse(c, event, &body)),
+        Source::Jira => config.sources.jira.as_ref().map(|c| crate::sources::jira::parse(c, &body)),
+        Source::Servicenow => config.sources.servicenow.as_ref().map(|c| crate::sources::servicenow::parse(c, &body)),
+    };
+    let out = match parsed {
+        None => {
+            eprintln!("error: --source: [sources.{source}] is not configured");
+            return ExitCode::from(2);
+        }
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+        Some(Ok(Parsed::Ignored { why, ticket })) => serde_json::json!({ "status": "ignored", "why": why, "ticket": ticket }),
+        Some(Ok(Parsed::Ticket(ev))) => {
+            let snapshot = crate::ticket::merge(None, ev);
+            let decision = crate::policy::decide(&snapshot, config, now);
+            serde_json::json!({
+                "status": "accepted",
+                "ticket": snapshot.key,
+                "snapshot": snapshot,
+                "decision": { "outcome": if decision.reason().is_some() { "deny" } else { "warrant" }, "reason": decision.reason(), "detail": decision.detail() },
+            })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    ExitCode::SUCCESS
+}
+
+fn grants_command(config: &Config, command: GrantsCommand) -> ExitCode {
+    let db = match open_db(config) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    match command {
+        GrantsCommand::List { ticket, active, json } => {
+            let mut after = None;
+            if !json {
+                println!("{:<36}  {:<9}  {:<14}  {:<24}  {:<20}  {:<20}  TICKET", "ID", "STATE", "SUBJECT", "RESOURCE", "STARTS", "EXPIRES");
+            }
+            loop {
+                let filter = crate::grants::Filter { ticket: ticket.clone(), after: after.clone(), limit: 1000, ..Default::default() };
+                let rows = match db.read(|c| crate::grants::list(c, &filter)) {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+                let Some(last) = rows.last() else { break };
+                after = Some(last.id.clone());
+                let n = rows.len();
+                for g in rows.into_iter().filter(|g| !active || g.state().is_live()) {
+                    let g = crate::grants::Grant::from(g);
+                    if json {
+                        println!("{}", serde_json::to_string(&g).unwrap_or_default());
+                    } else {
+                        println!("{:<36}  {:<9}  {:<14}  {:<24}  {:<20}  {:<20}  {}", g.id, g.state, g.subject, g.resource, g.starts_at, g.expires_at, g.ticket);
+                    }
+                }
+                if n < 1000 {
+                    break;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        GrantsCommand::Revoke { id, reason } => {
+            let (why, note) = crate::api::grants::manual_reason(Some(&reason));
+            let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+            match crate::engine::revoke_by_hand(&db, chrono::Utc::now(), &id, why, &actor, note.as_deref()) {
+                Ok(Some(g)) => {
+                    println!("{}", serde_json::to_string_pretty(&crate::grants::Grant::from(g)).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    eprintln!("error: no grant {id}");
+                    ExitCode::from(1)
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
+    use std::io::Write;
+    let db = match open_db(config) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    match command {
+        AuditCommand::Verify => match crate::audit::verify(&db) {
+            Ok(v) => {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+                if v.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("audit chain broken at seq {}", v.first_bad.unwrap_or_default());
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => fail(e),
+        },
+        AuditCommand::Export { format } => {
+            let format: crate::api::audit::Format = match format.parse() {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: --format: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            if format == crate::api::audit::Format::Csv && out.write_all(crate::api::audit::CSV_HEADER.as_bytes()).is_err() {
+                return ExitCode::from(1);
+            }
+            let mut f = crate::api::audit::AuditFilter { limit: 1000, ..Default::default() };
+            loop {
+                let rows = match crate::api::audit::page(&db, &f) {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+                let Some(last) = rows.last() else { break };
+                f.after = last.seq;
+                let n = rows.len();
+                for r in rows {
+                    if out.write_all(crate::api::audit::export_line(r, format).as_bytes()).is_err() {
+                        return ExitCode::from(1);
+                    }
+                }
+                if n < 1000 {
+                    break;
+                }
+            }
+            if out.flush().is_err() {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn reconcile(config: Config, no_jobs: bool) -> ExitCode {
+    let state = match crate::app::AppState::new(config, std::sync::Arc::new(crate::clock::SystemClock)) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => return fail(e),
+    };
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(usize, usize), crate::db::StoreError> {
+        st.db.migrate()?;
+        let now = st.clock.now();
+        let keys = crate::engine::all_ticket_keys(&st.db)?;
+        for k in &keys {
+            crate::engine::reconcile_ticket(&st.db, &st.config, now, k)?;
+        }
+        let swept = crate::jobs::sweep(&st.db, now)?;
+        Ok((keys.len(), swept))
+    })
+    .await;
+    let (tickets, swept) = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return fail(e),
+        Err(e) => return fail(e),
+    };
+    println!("re-decided {tickets} tickets; {swept} grants had lost their job");
+    if !no_jobs {
+        match crate::jobs::run_pending(&state).await {
+            Ok(n) => println!("ran {n} due jobs"),
+            Err(e) => return fail(e),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
