@@ -134,7 +134,10 @@ pub fn main() -> ExitCode {
         }
     };
     // Making a token needs no configuration.
-    if let Command::Token { command: TokenCommand::New { name, role } } = &cli.command {
+    if let Command::Token {
+        command: TokenCommand::New { name, role },
+    } = &cli.command
+    {
         return token_new(name, role);
     }
     let path = crate::config::locate(cli.config.as_deref());
@@ -217,9 +220,18 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Simulate { source, file, event, at } => simulate(&config, &source, &file, &event, at.as_deref()),
-        Command::Grants { command } => tokio::task::block_in_place(|| grants_command(&config, command)),
-        Command::Audit { command } => tokio::task::block_in_place(|| audit_command(&config, command)),
+        Command::Simulate {
+            source,
+            file,
+            event,
+            at,
+        } => simulate(&config, &source, &file, &event, at.as_deref()),
+        Command::Grants { command } => {
+            tokio::task::block_in_place(|| grants_command(&config, command))
+        }
+        Command::Audit { command } => {
+            tokio::task::block_in_place(|| audit_command(&config, command))
+        }
         Command::Reconcile { no_jobs } => reconcile(config, no_jobs).await,
         Command::Token { .. } => ExitCode::from(2),
         Command::Serve { no_jobs } => {
@@ -261,7 +273,12 @@ fn token_new(name: &str, role: &str) -> ExitCode {
 }
 
 fn open_db(config: &Config) -> Result<crate::db::Db, ExitCode> {
-    let db = crate::db::Db::open(&config.database.url, 2, config.database.connect_timeout.std()).map_err(fail)?;
+    let db = crate::db::Db::open(
+        &config.database.url,
+        2,
+        config.database.connect_timeout.std(),
+    )
+    .map_err(fail)?;
     db.migrate().map_err(fail)?;
     Ok(db)
 }
@@ -277,7 +294,9 @@ fn simulate(config: &Config, source: &str, file: &Path, event: &str, at: Option<
         }
     };
     let now = match at.map(chrono::DateTime::parse_from_rfc3339).transpose() {
-        Ok(t) => t.map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_else(chrono::Utc::now),
+        Ok(t) => t
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(chrono::Utc::now),
         Err(_) => {
             eprintln!("error: --at must be an RFC 3339 time");
             return ExitCode::from(2);
@@ -291,9 +310,21 @@ fn simulate(config: &Config, source: &str, file: &Path, event: &str, at: Option<
         }
     };
     let parsed = match source {
-        Source::Github => config.sources.github.as_ref().map(|c| crate::sources::github::parse(c, event, &body)),
-        Source::Jira => config.sources.jira.as_ref().map(|c| crate::sources::jira::parse(c, &body)),
-        Source::Servicenow => config.sources.servicenow.as_ref().map(|c| crate::sources::servicenow::parse(c, &body)),
+        Source::Github => config
+            .sources
+            .github
+            .as_ref()
+            .map(|c| crate::sources::github::parse(c, event, &body)),
+        Source::Jira => config
+            .sources
+            .jira
+            .as_ref()
+            .map(|c| crate::sources::jira::parse(c, &body)),
+        Source::Servicenow => config
+            .sources
+            .servicenow
+            .as_ref()
+            .map(|c| crate::sources::servicenow::parse(c, &body)),
     };
     let out = match parsed {
         None => {
@@ -304,7 +335,9 @@ fn simulate(config: &Config, source: &str, file: &Path, event: &str, at: Option<
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
-        Some(Ok(Parsed::Ignored { why, ticket })) => serde_json::json!({ "status": "ignored", "why": why, "ticket": ticket }),
+        Some(Ok(Parsed::Ignored { why, ticket })) => {
+            serde_json::json!({ "status": "ignored", "why": why, "ticket": ticket })
+        }
         Some(Ok(Parsed::Ticket(ev))) => {
             let snapshot = crate::ticket::merge(None, ev);
             let decision = crate::policy::decide(&snapshot, config, now);
@@ -326,13 +359,25 @@ fn grants_command(config: &Config, command: GrantsCommand) -> ExitCode {
         Err(code) => return code,
     };
     match command {
-        GrantsCommand::List { ticket, active, json } => {
+        GrantsCommand::List {
+            ticket,
+            active,
+            json,
+        } => {
             let mut after = None;
             if !json {
-                println!("{:<36}  {:<9}  {:<14}  {:<24}  {:<20}  {:<20}  TICKET", "ID", "STATE", "SUBJECT", "RESOURCE", "STARTS", "EXPIRES");
+                println!(
+                    "{:<36}  {:<9}  {:<14}  {:<24}  {:<20}  {:<20}  TICKET",
+                    "ID", "STATE", "SUBJECT", "RESOURCE", "STARTS", "EXPIRES"
+                );
             }
             loop {
-                let filter = crate::grants::Filter { ticket: ticket.clone(), after: after.clone(), limit: 1000, ..Default::default() };
+                let filter = crate::grants::Filter {
+                    ticket: ticket.clone(),
+                    after: after.clone(),
+                    limit: 1000,
+                    ..Default::default()
+                };
                 let rows = match db.read(|c| crate::grants::list(c, &filter)) {
                     Ok(r) => r,
                     Err(e) => return fail(e),
@@ -345,7 +390,16 @@ fn grants_command(config: &Config, command: GrantsCommand) -> ExitCode {
                     if json {
                         println!("{}", serde_json::to_string(&g).unwrap_or_default());
                     } else {
-                        println!("{:<36}  {:<9}  {:<14}  {:<24}  {:<20}  {:<20}  {}", g.id, g.state, g.subject, g.resource, g.starts_at, g.expires_at, g.ticket);
+                        println!(
+                            "{:<36}  {:<9}  {:<14}  {:<24}  {:<20}  {:<20}  {}",
+                            g.id,
+                            g.state,
+                            g.subject,
+                            g.resource,
+                            g.starts_at,
+                            g.expires_at,
+                            g.ticket
+                        );
                     }
                 }
                 if n < 1000 {
@@ -356,10 +410,24 @@ fn grants_command(config: &Config, command: GrantsCommand) -> ExitCode {
         }
         GrantsCommand::Revoke { id, reason } => {
             let (why, note) = crate::api::grants::manual_reason(Some(&reason));
-            let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
-            match crate::engine::revoke_by_hand(&db, chrono::Utc::now(), &id, why, &actor, note.as_deref()) {
+            let actor = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            match crate::engine::revoke_by_hand(
+                &db,
+                chrono::Utc::now(),
+                &id,
+                why,
+                &actor,
+                note.as_deref(),
+            ) {
                 Ok(Some(g)) => {
-                    println!("{}", serde_json::to_string_pretty(&crate::grants::Grant::from(g)).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&crate::grants::Grant::from(g))
+                            .unwrap_or_default()
+                    );
                     ExitCode::SUCCESS
                 }
                 Ok(None) => {
@@ -385,7 +453,10 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
                 if v.ok {
                     ExitCode::SUCCESS
                 } else {
-                    eprintln!("audit chain broken at seq {}", v.first_bad.unwrap_or_default());
+                    eprintln!(
+                        "audit chain broken at seq {}",
+                        v.first_bad.unwrap_or_default()
+                    );
                     ExitCode::from(1)
                 }
             }
@@ -401,10 +472,17 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            if format == crate::api::audit::Format::Csv && out.write_all(crate::api::audit::CSV_HEADER.as_bytes()).is_err() {
+            if format == crate::api::audit::Format::Csv
+                && out
+                    .write_all(crate::api::audit::CSV_HEADER.as_bytes())
+                    .is_err()
+            {
                 return ExitCode::from(1);
             }
-            let mut f = crate::api::audit::AuditFilter { limit: 1000, ..Default::default() };
+            let mut f = crate::api::audit::AuditFilter {
+                limit: 1000,
+                ..Default::default()
+            };
             loop {
                 let rows = match crate::api::audit::page(&db, &f) {
                     Ok(r) => r,
@@ -414,7 +492,10 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
                 f.after = last.seq;
                 let n = rows.len();
                 for r in rows {
-                    if out.write_all(crate::api::audit::export_line(r, format).as_bytes()).is_err() {
+                    if out
+                        .write_all(crate::api::audit::export_line(r, format).as_bytes())
+                        .is_err()
+                    {
                         return ExitCode::from(1);
                     }
                 }
@@ -431,22 +512,24 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
 }
 
 async fn reconcile(config: Config, no_jobs: bool) -> ExitCode {
-    let state = match crate::app::AppState::new(config, std::sync::Arc::new(crate::clock::SystemClock)) {
-        Ok(s) => std::sync::Arc::new(s),
-        Err(e) => return fail(e),
-    };
+    let state =
+        match crate::app::AppState::new(config, std::sync::Arc::new(crate::clock::SystemClock)) {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => return fail(e),
+        };
     let st = state.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(usize, usize), crate::db::StoreError> {
-        st.db.migrate()?;
-        let now = st.clock.now();
-        let keys = crate::engine::all_ticket_keys(&st.db)?;
-        for k in &keys {
-            crate::engine::reconcile_ticket(&st.db, &st.config, now, k)?;
-        }
-        let swept = crate::jobs::sweep(&st.db, now)?;
-        Ok((keys.len(), swept))
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<(usize, usize), crate::db::StoreError> {
+            st.db.migrate()?;
+            let now = st.clock.now();
+            let keys = crate::engine::all_ticket_keys(&st.db)?;
+            for k in &keys {
+                crate::engine::reconcile_ticket(&st.db, &st.config, now, k)?;
+            }
+            let swept = crate::jobs::sweep(&st.db, now)?;
+            Ok((keys.len(), swept))
+        })
+        .await;
     let (tickets, swept) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return fail(e),

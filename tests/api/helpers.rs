@@ -130,6 +130,7 @@ pub struct Receiver {
     pub url: String,
     calls: Arc<Mutex<Vec<Recorded>>>,
     status: Arc<Mutex<u16>>,
+    delay_ms: Arc<Mutex<u64>>,
     _handle: actix_web::dev::ServerHandle,
 }
 
@@ -137,13 +138,18 @@ impl Receiver {
     pub async fn start() -> Receiver {
         let calls: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let status = Arc::new(Mutex::new(204u16));
-        let (c, s) = (calls.clone(), status.clone());
+        let delay_ms = Arc::new(Mutex::new(0u64));
+        let (c, s, d) = (calls.clone(), status.clone(), delay_ms.clone());
         let server = actix_web::HttpServer::new(move || {
-            let (c, s) = (c.clone(), s.clone());
+            let (c, s, d) = (c.clone(), s.clone(), d.clone());
             actix_web::App::new().default_service(actix_web::web::to(
                 move |req: actix_web::HttpRequest, body: actix_web::web::Bytes| {
-                    let (c, s) = (c.clone(), s.clone());
+                    let (c, s, d) = (c.clone(), s.clone(), d.clone());
                     async move {
+                        let delay = *d.lock().unwrap();
+                        if delay > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
                         let code = *s.lock().unwrap();
                         if code < 300 {
                             let headers = req
@@ -168,7 +174,7 @@ impl Receiver {
                 },
             ))
         })
-        .workers(1)
+        .workers(2)
         .disable_signals()
         .bind("127.0.0.1:0")
         .expect("bind receiver");
@@ -180,12 +186,18 @@ impl Receiver {
             url: format!("http://127.0.0.1:{port}/access"),
             calls,
             status,
+            delay_ms,
             _handle: handle,
         }
     }
 
     pub fn calls(&self) -> Vec<Recorded> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// Makes every answer wait this long (calls still in flight when a process dies).
+    pub fn delay(&self, ms: u64) {
+        *self.delay_ms.lock().unwrap() = ms;
     }
 
     /// Makes the receiver answer `code` (and not record) until set back to 2xx.
@@ -282,6 +294,10 @@ lease = "30s"
         admin = warrant::api::auth::hash_token(ADMIN_TOKEN),
         auditor = warrant::api::auth::hash_token(AUDITOR_TOKEN),
     )
+}
+
+pub fn sign_github(raw: &[u8]) -> String {
+    sign_hub(GH_SECRET.as_bytes(), raw)
 }
 
 pub fn env(name: &str) -> Option<String> {

@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 //! End-to-end tests through HTTP against the real app, on SQLite and on
 //! PostgreSQL.
