@@ -416,6 +416,7 @@ fn grants_command(config: &Config, command: GrantsCommand) -> ExitCode {
             );
             match crate::engine::revoke_by_hand(
                 &db,
+                config,
                 chrono::Utc::now(),
                 &id,
                 why,

@@ -197,7 +197,10 @@ pub struct GithubSource {
     /// Back-links: GitHub REST API base (GitHub Enterprise too).
     #[serde(default = "default_github_api")]
     pub api_url: String,
+    /// Back-links: the API token; unset means no comments on issues.
     pub token_env: Option<String>,
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 fn default_approval_label() -> String {
@@ -222,8 +225,12 @@ pub struct JiraSource {
     pub closed_statuses: Vec<String>,
     #[serde(default)]
     pub fields: JiraFields,
+    /// Back-links: the site's REST base, e.g. https://acme.atlassian.net.
     pub api_url: Option<String>,
+    /// `email:api-token` (Jira Cloud, basic auth) or a personal access token.
     pub token_env: Option<String>,
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 fn default_approved_statuses() -> Vec<String> {
@@ -261,8 +268,12 @@ pub struct ServicenowSource {
     pub secret: Option<Secret>,
     #[serde(default)]
     pub fields: ServicenowFields,
+    /// Back-links: the instance's base URL, e.g. https://acme.service-now.com.
     pub api_url: Option<String>,
+    /// `user:password` (basic auth) or an OAuth bearer token.
     pub token_env: Option<String>,
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -499,6 +510,7 @@ impl Config {
                 &g.secret_file,
                 env,
             )?);
+            g.token = load_optional("sources.github", &g.token_env, env)?;
         }
         if let Some(j) = &mut self.sources.jira {
             j.secret = Some(load_secret(
@@ -508,6 +520,13 @@ impl Config {
                 &j.secret_file,
                 env,
             )?);
+            j.token = load_optional("sources.jira", &j.token_env, env)?;
+            if j.token.is_some() && j.api_url.is_none() {
+                return Err(invalid(
+                    "sources.jira.api_url",
+                    "is needed with token_env (the site's REST base URL)",
+                ));
+            }
         }
         if let Some(s) = &mut self.sources.servicenow {
             let secret = load_secret(
@@ -519,6 +538,13 @@ impl Config {
             )?;
             whsec_key(secret.expose()).map_err(|m| invalid("sources.servicenow.secret_env", m))?;
             s.secret = Some(secret);
+            s.token = load_optional("sources.servicenow", &s.token_env, env)?;
+            if s.token.is_some() && s.api_url.is_none() {
+                return Err(invalid(
+                    "sources.servicenow.api_url",
+                    "is needed with token_env (the instance's base URL)",
+                ));
+            }
         }
         for (name, p) in self.providers.iter_mut() {
             let at = format!("providers.{name}");
@@ -766,6 +792,18 @@ impl Identity {
             Source::Jira => self.jira.as_deref(),
             Source::Servicenow => self.servicenow.as_deref(),
         }
+    }
+}
+
+/// An optional secret named by `token_env`: absent if the key is absent.
+fn load_optional(
+    at: &str,
+    env_key: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    match env_key {
+        None => Ok(None),
+        Some(_) => load_secret(at, "token", env_key, &None, env).map(Some),
     }
 }
 

@@ -214,6 +214,16 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Percent-encodes one URL path segment (keeps `-`, `.`, `_`, `~` and alphanumerics).
+pub fn path_segment(s: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
 /// Parses durations written `90s`, `30m`, `4h`, `1h30m`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {

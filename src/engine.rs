@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::db::schema::{decisions, deliveries, grants, tickets};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
-use crate::domain::{rfc3339, to_micros, GrantState, RevokeReason, Source, TicketKey};
+use crate::domain::{rfc3339, to_micros, DenyReason, GrantState, RevokeReason, Source, TicketKey};
 use crate::grants::{GrantRow, LIVE};
 use crate::jobs;
 use crate::policy::{decide, Decision};
@@ -227,7 +227,7 @@ fn reconcile_with(
 ) -> Result<(), StoreError> {
     let key = snap.key.as_str();
     let decision = decide(snap, config, now);
-    record_decision(conn, key, &decision, now, events)?;
+    record_decision(conn, config, key, &decision, now, events)?;
     let all = crate::grants::of_ticket(conn, key)?;
     let live: Vec<&GrantRow> = all.iter().filter(|g| g.state().is_live()).collect();
     match &decision {
@@ -239,6 +239,7 @@ fn reconcile_with(
                 if !same && !g.origin.starts_with("ci:") {
                     revoke(
                         conn,
+                        config,
                         g,
                         RevokeReason::RequestChanged,
                         "warrant",
@@ -287,6 +288,7 @@ fn reconcile_with(
             for g in &live {
                 revoke(
                     conn,
+                    config,
                     g,
                     reason.revoke_reason(),
                     "warrant",
@@ -329,6 +331,7 @@ pub fn create_grant(
 
 fn record_decision(
     conn: &mut Conn<'_>,
+    config: &Config,
     key: &str,
     decision: &Decision,
     now: DateTime<Utc>,
@@ -371,13 +374,27 @@ fn record_decision(
         )
         .ticket(key),
     );
+    // "Not approved yet" and "closed" are the ticket's own state, not news.
+    if let Decision::Deny { reason, detail } = decision {
+        if !matches!(reason, DenyReason::NotApproved | DenyReason::TicketClosed) {
+            crate::backlinks::enqueue(
+                conn,
+                config,
+                now,
+                key,
+                &crate::backlinks::denied(reason.as_str(), detail),
+            )?;
+        }
+    }
     Ok(())
 }
 
 /// Starts revoking a live grant. A pending grant was never applied, so it
 /// is revoked at once; any other goes to `revoking` and its job runs now.
+#[allow(clippy::too_many_arguments)]
 pub fn revoke(
     conn: &mut Conn<'_>,
+    config: &Config,
     g: &GrantRow,
     reason: RevokeReason,
     actor: &str,
@@ -414,6 +431,13 @@ pub fn revoke(
     );
     if to == GrantState::Revoked {
         jobs::delete_grant_job(conn, &g.id)?;
+        crate::backlinks::enqueue(
+            conn,
+            config,
+            now,
+            &g.ticket,
+            &crate::backlinks::revoked(g, reason.as_str()),
+        )?;
         events.push(
             NewEvent::new(
                 "grant.revoked",
@@ -432,6 +456,7 @@ pub fn revoke(
 /// An operator's revocation, through the API or the CLI.
 pub fn revoke_by_hand(
     db: &Db,
+    config: &Config,
     now: DateTime<Utc>,
     id: &str,
     reason: RevokeReason,
@@ -444,7 +469,7 @@ pub fn revoke_by_hand(
         };
         let mut events = Vec::new();
         if g.state().is_live() {
-            revoke(conn, &g, reason, actor, note, now, &mut events)?;
+            revoke(conn, config, &g, reason, actor, note, now, &mut events)?;
         } else {
             events.push(
                 NewEvent::new(

@@ -292,11 +292,48 @@ async fn blocking<T: Send + 'static>(
 async fn run_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, StoreError> {
     match job.kind.as_str() {
         GRANT => run_grant_job(state, job).await,
+        crate::backlinks::KIND => run_backlink_job(state, job).await,
         other => {
             tracing::error!(kind = other, job = job.id, "unknown job kind; dropping it");
             Ok(Finish::Done)
         }
     }
+}
+
+/// Writes one note on a ticket; dropped after a while, since it grants nothing.
+async fn run_backlink_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, StoreError> {
+    let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
+    let ticket = payload["ticket"].as_str().unwrap_or_default().to_string();
+    let text = payload["text"].as_str().unwrap_or_default().to_string();
+    let now = state.clock.now();
+    let (kind, data, finish) =
+        match crate::backlinks::deliver(&state.http, &state.config, &ticket, &text).await {
+            Ok(()) => ("backlink.sent", json!({ "text": text }), Finish::Done),
+            Err(e) if job.attempts + 1 >= crate::backlinks::ATTEMPTS => (
+                "backlink.failed",
+                json!({ "text": text, "error": e, "gave_up": true }),
+                Finish::Done,
+            ),
+            Err(e) => {
+                tracing::warn!(%ticket, error = %e, "back-link not delivered; will retry");
+                return Ok(Finish::At {
+                    run_at: now + backoff(state, job.attempts),
+                    attempts: job.attempts + 1,
+                    error: Some(e),
+                });
+            }
+        };
+    blocking(state, move |db| {
+        db.write(|conn| {
+            audit::append(
+                conn,
+                now,
+                vec![NewEvent::new(kind, "warrant", data).ticket(ticket)],
+            )
+        })
+    })
+    .await?;
+    Ok(finish)
 }
 
 /// Moves one grant one or more steps along its life.
@@ -496,11 +533,13 @@ async fn timer_revoke(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let g = g.clone();
+    let config = state.config.clone();
     blocking(state, move |db| {
         db.write(|conn| {
             let mut events = Vec::new();
             crate::engine::revoke(
                 conn,
+                &config,
                 &g,
                 RevokeReason::Expired,
                 "timer",
@@ -525,6 +564,7 @@ async fn transition(
 ) -> Result<bool, StoreError> {
     let g = g.clone();
     let failure = failure.map(str::to_string);
+    let config = state.config.clone();
     blocking(state, move |db| {
         db.write(|conn| {
             let at = to_micros(now);
@@ -537,10 +577,14 @@ async fn transition(
             let (kind, data) = match to {
                 GrantState::Active => {
                     dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::activated_at.eq(at)).execute(c))?;
+                    let active = GrantRow { activated_at: Some(at), ..g.clone() };
+                    crate::backlinks::enqueue(conn, &config, now, &g.ticket, &crate::backlinks::granted(&active))?;
                     ("grant.applied", json!({ "resource": g.resource, "account": g.account }))
                 }
                 GrantState::Revoked => {
                     dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::revoked_at.eq(at)).execute(c))?;
+                    let reason = g.revoke_reason.clone().unwrap_or_default();
+                    crate::backlinks::enqueue(conn, &config, now, &g.ticket, &crate::backlinks::revoked(&g, &reason))?;
                     ("grant.revoked", json!({ "reason": g.revoke_reason, "applied": true }))
                 }
                 GrantState::Failed => {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod backlinks;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -133,6 +133,7 @@ async fn revoke(
     let row = blocking(move || {
         Ok(engine::revoke_by_hand(
             &st.db,
+            &st.config,
             now,
             &id,
             reason,

@@ -14,9 +14,7 @@ pub async fn call(
         .token
         .as_ref()
         .ok_or_else(|| ProviderError::Call("no token".into()))?;
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
+    let enc = crate::domain::path_segment;
     let url = format!(
         "{}/orgs/{}/teams/{}/memberships/{}",
         cfg.api_url.trim_end_matches('/'),

@@ -215,6 +215,7 @@ mod tests {
             approval_label: "access-approved".into(),
             api_url: "https://api.github.com".into(),
             token_env: None,
+            token: None,
         }
     }
 

@@ -296,6 +296,7 @@ mod tests {
             },
             api_url: None,
             token_env: None,
+            token: None,
         }
     }
 

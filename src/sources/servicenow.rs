@@ -267,6 +267,7 @@ mod tests {
             fields: ServicenowFields::default(),
             api_url: None,
             token_env: None,
+            token: None,
         }
     }
 

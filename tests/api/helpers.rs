@@ -107,6 +107,8 @@ impl Drop for TestDb {
 /// One recorded provider call.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    pub method: String,
+    pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Value,
     pub raw: Vec<u8>,
@@ -131,6 +133,7 @@ pub struct Receiver {
     calls: Arc<Mutex<Vec<Recorded>>>,
     status: Arc<Mutex<u16>>,
     delay_ms: Arc<Mutex<u64>>,
+    reply: Arc<Mutex<Option<String>>>,
     _handle: actix_web::dev::ServerHandle,
 }
 
@@ -139,18 +142,25 @@ impl Receiver {
         let calls: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let status = Arc::new(Mutex::new(204u16));
         let delay_ms = Arc::new(Mutex::new(0u64));
-        let (c, s, d) = (calls.clone(), status.clone(), delay_ms.clone());
+        let reply: Arc<Mutex<Option<String>>> = Arc::default();
+        let (c, s, d, r) = (
+            calls.clone(),
+            status.clone(),
+            delay_ms.clone(),
+            reply.clone(),
+        );
         let server = actix_web::HttpServer::new(move || {
-            let (c, s, d) = (c.clone(), s.clone(), d.clone());
+            let (c, s, d, r) = (c.clone(), s.clone(), d.clone(), r.clone());
             actix_web::App::new().default_service(actix_web::web::to(
                 move |req: actix_web::HttpRequest, body: actix_web::web::Bytes| {
-                    let (c, s, d) = (c.clone(), s.clone(), d.clone());
+                    let (c, s, d, r) = (c.clone(), s.clone(), d.clone(), r.clone());
                     async move {
                         let delay = *d.lock().unwrap();
                         if delay > 0 {
                             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                         }
                         let code = *s.lock().unwrap();
+                        let reply = r.lock().unwrap().clone();
                         if code < 300 {
                             let headers = req
                                 .headers()
@@ -163,13 +173,26 @@ impl Receiver {
                                 })
                                 .collect();
                             let raw = body.to_vec();
+                            let (method, path) = (req.method().to_string(), req.uri().to_string());
                             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            c.lock().unwrap().push(Recorded { headers, body, raw });
+                            c.lock().unwrap().push(Recorded {
+                                method,
+                                path,
+                                headers,
+                                body,
+                                raw,
+                            });
                         }
-                        actix_web::HttpResponse::build(
+                        let mut resp = actix_web::HttpResponse::build(
                             actix_web::http::StatusCode::from_u16(code).unwrap(),
-                        )
-                        .finish()
+                        );
+                        match reply {
+                            Some(json) if code < 300 => resp
+                                .status(actix_web::http::StatusCode::OK)
+                                .content_type("application/json")
+                                .body(json),
+                            _ => resp.finish(),
+                        }
                     }
                 },
             ))
@@ -187,12 +210,23 @@ impl Receiver {
             calls,
             status,
             delay_ms,
+            reply,
             _handle: handle,
         }
     }
 
     pub fn calls(&self) -> Vec<Recorded> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// Makes every 2xx answer a 200 with this JSON body.
+    pub fn reply_json(&self, body: &str) {
+        *self.reply.lock().unwrap() = Some(body.to_string());
+    }
+
+    /// The base URL (scheme, host and port).
+    pub fn base(&self) -> String {
+        self.url.trim_end_matches("/access").to_string()
     }
 
     /// Makes every answer wait this long (calls still in flight when a process dies).
@@ -307,6 +341,9 @@ pub fn env(name: &str) -> Option<String> {
         "SN" => Some(SN_SECRET.into()),
         "HOOKS" => Some(HOOKS_SECRET.into()),
         "PROD_DB_URL" => Some(pg_admin_url()),
+        "GH_TOKEN" => Some("ghp_test_token".into()),
+        "JIRA_TOKEN" => Some("bot@example.com:jira-api-token".into()),
+        "SN_TOKEN" => Some("warrant.bot:sn-password".into()),
         _ => None,
     }
 }
@@ -325,9 +362,18 @@ pub struct TestApp {
 impl TestApp {
     /// Starts the app with the base configuration plus `extra` TOML.
     pub async fn spawn(backend: Backend, extra: &str) -> Option<TestApp> {
+        Self::spawn_edit(backend, extra, |t| t).await
+    }
+
+    /// Like `spawn`, with `edit` applied to the base configuration's text.
+    pub async fn spawn_edit(
+        backend: Backend,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Option<TestApp> {
         let db = TestDb::new(backend)?;
         let receiver = Receiver::start().await;
-        let text = format!("{}\n{extra}", base_config(&db.url, &receiver.url));
+        let text = format!("{}\n{extra}", edit(base_config(&db.url, &receiver.url)));
         let config = Config::from_toml(&text, &env).expect("test config");
         let clock = ManualClock::new(t0());
         let options = Options {

@@ -7,6 +7,7 @@ mod helpers;
 mod payloads;
 
 mod audit;
+mod backlinks;
 mod health;
 mod lifecycle;
 mod people;
