@@ -124,4 +124,24 @@ async fn tampering_is_found(backend: Backend) {
     );
 }
 
-backend_tests!(chain_verifies_and_exports, tampering_is_found);
+async fn concurrent_writers_keep_one_chain(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend, "").await else { return };
+    let sends = (1..=40u64).map(|n| {
+        let app = &app;
+        async move {
+            let mut issue = Issue::new(n, t0());
+            issue.labels = vec!["access-approved"];
+            let body = payloads::github("labeled", &issue, "alice-gh", Some("access-approved"));
+            app.post_github("issues", &format!("c{n}"), &body).await.status().as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    app.run_jobs().await;
+    let v = verify(&app).await;
+    assert_eq!(v["ok"], true, "{v}");
+    // Delivery, snapshot, decision, grant created, grant applied: five each.
+    assert_eq!(v["events"], 40 * 5, "{v}");
+}
+
+backend_tests!(chain_verifies_and_exports, tampering_is_found, concurrent_writers_keep_one_chain);
