@@ -269,6 +269,46 @@ async fn hostile_values_do_no_harm(backend: Backend) {
     assert_eq!(app.get_json("/v1/grants", ADMIN_TOKEN).await.0, 200);
 }
 
+/// Every shipped fixture (real-looking bodies of all three sources) goes
+/// through the HTTP intake and is answered 200, never 4xx or 5xx.
+async fn realistic_fixtures_are_accepted_or_ignored(backend: Backend) {
+    let app = app!(backend);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let mut seen = 0;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for (i, path) in files.iter().enumerate() {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let body: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let id = format!("fixture-{i}");
+        let r = if name.starts_with("github-") {
+            let event = if name.contains("ping") {
+                "ping"
+            } else if name.contains("comment") {
+                "issue_comment"
+            } else {
+                "issues"
+            };
+            app.post_github(event, &id, &body).await
+        } else if name.starts_with("jira-") {
+            app.post_jira(&id, &body).await
+        } else {
+            app.post_servicenow(&id, &body).await
+        };
+        assert_eq!(r.status(), 200, "{name}");
+        let b: Value = r.json().await.unwrap();
+        assert!(
+            b["status"] == "accepted" || b["status"] == "ignored",
+            "{name}: {b}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 15);
+}
+
 backend_tests!(
     github_signatures_and_answers,
     body_limits_and_unconfigured_sources,
@@ -276,4 +316,5 @@ backend_tests!(
     out_of_order_deliveries_keep_the_newest,
     servicenow_standard_webhooks,
     hostile_values_do_no_harm,
+    realistic_fixtures_are_accepted_or_ignored,
 );
