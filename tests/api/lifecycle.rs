@@ -585,6 +585,44 @@ async fn postgres_provider_grants_a_real_role(backend: Backend) {
     let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role};"));
 }
 
+async fn sweeper_revokes_a_grant_that_lost_its_job(backend: Backend) {
+    let app = app!(backend);
+    open_and_approve(&app, payloads::form("hooks/orders-db", "30m", None)).await;
+    app.run_jobs().await;
+    assert_eq!(only_grant(&app, KEY).await["state"], "active");
+    // Lose the expiry job behind warrant's back.
+    let sql = "DELETE FROM jobs";
+    match backend {
+        Backend::Sqlite => {
+            let mut c = diesel::sqlite::SqliteConnection::establish(
+                app.db.url.trim_start_matches("sqlite://"),
+            )
+            .unwrap();
+            c.batch_execute(sql).unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = PgConnection::establish(&app.db.url).unwrap();
+            c.batch_execute(sql).unwrap();
+        }
+    }
+    app.advance(Duration::hours(1));
+    app.run_jobs().await;
+    assert_eq!(
+        only_grant(&app, KEY).await["state"],
+        "active",
+        "no job, nothing happens"
+    );
+    let swept = warrant::jobs::sweep(&app.state.db, app.clock_now()).unwrap();
+    assert_eq!(swept, 1);
+    app.run_jobs().await;
+    let g = only_grant(&app, KEY).await;
+    assert_eq!(
+        (g["state"].as_str(), g["revoke_reason"].as_str()),
+        (Some("revoked"), Some("expired"))
+    );
+    assert_eq!(app.receiver.calls().last().unwrap().action(), "revoke");
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -603,4 +641,5 @@ backend_tests!(
     jira_ticket_lifecycle,
     servicenow_change_lifecycle,
     postgres_provider_grants_a_real_role,
+    sweeper_revokes_a_grant_that_lost_its_job,
 );
