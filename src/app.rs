@@ -31,6 +31,10 @@ pub struct AppState {
     /// Names this process in job leases.
     pub instance: String,
     pub providers: crate::providers::Providers,
+    /// CI issuers and their cached JWKS.
+    pub ci: crate::ci::oidc::Verifier,
+    /// The `token` providers' signing keys.
+    pub tokens: crate::providers::token::KeyRing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error("signing keys: {0}")]
+    Keys(String),
 }
 
 /// How to run: tests inject a clock; replicas may split API and jobs.
@@ -88,8 +94,12 @@ impl AppState {
             .build()
             .map_err(|e| AppError::Http(e.to_string()))?;
         let providers = crate::providers::Providers::new(&config);
+        let ci = crate::ci::oidc::Verifier::new(&config);
+        let tokens = crate::providers::token::KeyRing::new(&config).map_err(AppError::Keys)?;
         Ok(AppState {
             providers,
+            ci,
+            tokens,
             config: Arc::new(config),
             db,
             clock,
@@ -119,6 +129,11 @@ impl App {
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
         let state = web::Data::new(state);
+        // The generated signing key exists from the first start on.
+        let st = state.clone();
+        web::block(move || st.tokens.prepare(&st.db, st.clock.now()))
+            .await
+            .map_err(|_| StoreError::Unavailable("signing key task failed".into()))??;
         let shutdown = state.config.server.shutdown_timeout.std().as_secs();
         let data = state.clone();
         let mut server = actix_web::HttpServer::new(move || {

@@ -387,8 +387,31 @@ pub struct GithubTeamProvider {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenProvider {
-    /// PKCS#8 PEM signing key; without it a key is generated and kept in the database.
+    /// PKCS#8 PEM signing key (P-256 for ES256, or Ed25519 for EdDSA);
+    /// without it a P-256 key is generated and kept in the database.
     pub key_file: Option<PathBuf>,
+    /// Earlier `key_file`s, still published and accepted after a rotation
+    /// until the credentials they signed have expired.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
+    /// For the generated key: make a new one when it is this old. The old
+    /// one stays published until every credential it signed has expired.
+    /// (One generated key serves every token provider without `key_file`;
+    /// the shortest `rotate_after` among them applies.)
+    pub rotate_after: Option<ConfigDuration>,
+    /// The credentials' `iss`.
+    #[serde(default = "default_token_issuer")]
+    pub issuer: String,
+    /// The contents of `key_file`, read and checked at load.
+    #[serde(skip)]
+    pub key: Option<Secret>,
+    /// The contents of `previous_key_files`.
+    #[serde(skip)]
+    pub previous_keys: Vec<Secret>,
+}
+
+fn default_token_issuer() -> String {
+    "warrant".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -408,6 +431,11 @@ pub struct CiIssuer {
     pub audience: String,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
+    /// The claims that name one pipeline run (its grants are idempotent
+    /// per run). Default: `run_id` and `run_attempt` when the token has
+    /// `run_id` (GitHub Actions), else `pipeline_id` and `job_id` (GitLab).
+    #[serde(default)]
+    pub run_claims: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -561,7 +589,24 @@ impl Config {
                 ProviderConfig::GithubTeam(g) => {
                     g.token = Some(load_secret(&at, "token", &g.token_env, &g.token_file, env)?);
                 }
-                ProviderConfig::Token(_) => {}
+                ProviderConfig::Token(t) => {
+                    let read = |key: String, path: &Path| -> Result<Secret, ConfigError> {
+                        let pem = std::fs::read_to_string(path).map_err(|e| {
+                            invalid(&key, format!("cannot read {}: {e}", path.display()))
+                        })?;
+                        crate::providers::token::SigningKey::from_pem(&pem)
+                            .map_err(|m| invalid(&key, format!("{}: {m}", path.display())))?;
+                        Ok(Secret::new(pem))
+                    };
+                    if let Some(path) = &t.key_file {
+                        t.key = Some(read(format!("{at}.key_file"), path)?);
+                    }
+                    let mut previous = Vec::new();
+                    for (i, path) in t.previous_key_files.iter().enumerate() {
+                        previous.push(read(format!("{at}.previous_key_files[{i}]"), path)?);
+                    }
+                    t.previous_keys = previous;
+                }
             }
         }
         Ok(())
@@ -732,7 +777,16 @@ impl Config {
             }
         }
 
+        for (name, p) in self.providers.iter() {
+            if let ProviderConfig::Token(t) = p {
+                if t.issuer.trim().is_empty() {
+                    return Err(invalid(format!("providers.{name}.issuer"), "is empty"));
+                }
+            }
+        }
+
         let issuer_names: HashSet<&str> = self.ci.issuers.iter().map(|i| i.name.as_str()).collect();
+        let mut seen_issuers = HashSet::new();
         for (i, iss) in self.ci.issuers.iter().enumerate() {
             if iss.jwks_file.is_some() == iss.jwks_url.is_some() {
                 return Err(invalid(
@@ -740,12 +794,57 @@ impl Config {
                     "give exactly one of jwks_file and jwks_url",
                 ));
             }
+            if iss.name.is_empty()
+                || !iss
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(invalid(
+                    format!("ci.issuers[{i}].name"),
+                    "an issuer name is letters, digits, `-`, `_` and `.`",
+                ));
+            }
+            if !seen_issuers.insert(iss.name.as_str()) {
+                return Err(invalid(
+                    format!("ci.issuers[{i}].name"),
+                    format!("`{}` is used twice", iss.name),
+                ));
+            }
+            if iss.issuer.trim().is_empty() {
+                return Err(invalid(format!("ci.issuers[{i}].issuer"), "is empty"));
+            }
+            if iss.audience.trim().is_empty() {
+                return Err(invalid(format!("ci.issuers[{i}].audience"), "is empty"));
+            }
+            if let Some(u) = &iss.jwks_url {
+                let ok = url::Url::parse(u)
+                    .map(|u| matches!(u.scheme(), "http" | "https"))
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(invalid(
+                        format!("ci.issuers[{i}].jwks_url"),
+                        format!("`{u}` is not an http(s) URL"),
+                    ));
+                }
+            }
         }
         for (i, t) in self.ci.trust.iter().enumerate() {
             if !issuer_names.contains(t.issuer.as_str()) {
                 return Err(invalid(
                     format!("ci.trust[{i}].issuer"),
                     format!("no [[ci.issuers]] is named `{}`", t.issuer),
+                ));
+            }
+            if t.principal.trim().is_empty() {
+                return Err(invalid(format!("ci.trust[{i}].principal"), "is empty"));
+            }
+            // A rule without claims would trust every pipeline the issuer
+            // signs for, in any repository.
+            if t.claims.is_empty() {
+                return Err(invalid(
+                    format!("ci.trust[{i}].claims"),
+                    "names no claim; bind the rule to a repository or project, e.g. { repository = \"acme/app\" }",
                 ));
             }
             for (j, r) in t.resources.iter().enumerate() {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod backlinks;
+pub mod ci;
 pub mod cli;
 pub mod clock;
 pub mod config;

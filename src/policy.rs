@@ -233,11 +233,12 @@ fn scope(source: Source, project: &str) -> String {
 }
 
 /// The window a policy allows: start, end, and the approver it accepted.
-type Window<'a> = (DateTime<Utc>, DateTime<Utc>, &'a str);
+pub type Window<'a> = (DateTime<Utc>, DateTime<Utc>, &'a str);
 
-/// Checks approvers and the window against one policy.
+/// Checks approvers and the window against one policy. Public so the CI
+/// decision (`ci::decide`) applies the very same rules.
 #[allow(clippy::too_many_arguments)]
-fn window_under<'a>(
+pub fn window_under<'a>(
     policy: &Policy,
     subject: &str,
     approvers: &[&'a str],

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod ci;
 pub mod error;
 pub mod grants;
 pub mod health;
@@ -14,4 +15,5 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     webhooks::config(cfg);
     grants::config(cfg);
     audit::config(cfg);
+    ci::config(cfg);
 }

@@ -5,6 +5,7 @@
 pub mod github_team;
 pub mod http;
 pub mod postgres;
+pub mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ mod payloads;
 
 mod audit;
 mod backlinks;
+mod ci;
 mod health;
 mod lifecycle;
 mod people;
