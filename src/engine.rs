@@ -229,14 +229,34 @@ fn reconcile_with(
     let decision = decide(snap, config, now);
     record_decision(conn, config, key, &decision, now, events)?;
     let all = crate::grants::of_ticket(conn, key)?;
-    let live: Vec<&GrantRow> = all.iter().filter(|g| g.state().is_live()).collect();
+    // A pipeline's grant answers to the ticket for its own principal and
+    // resource, not to the decision about the ticket's human subject.
+    let (ci, live): (Vec<&GrantRow>, Vec<&GrantRow>) = all
+        .iter()
+        .filter(|g| g.state().is_live())
+        .partition(|g| g.origin.starts_with("ci:"));
+    for g in ci {
+        if let Err(d) =
+            crate::ci::decide::still_warranted(snap, config, now, &g.subject, &g.resource)
+        {
+            revoke(
+                conn,
+                config,
+                g,
+                d.reason.revoke_reason(),
+                "warrant",
+                None,
+                now,
+                events,
+            )?;
+        }
+    }
     match &decision {
         Decision::Warrant(w) => {
             let resource = w.resource.to_string();
             for g in &live {
                 let same = g.origin == w.origin && g.subject == w.subject && g.resource == resource;
-                // CI grants ride on the ticket's approval, not on its request.
-                if !same && !g.origin.starts_with("ci:") {
+                if !same {
                     revoke(
                         conn,
                         config,

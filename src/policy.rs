@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{glob_match, Config, Policy};
 use crate::domain::{parse_duration, DenyReason, Resource, Source};
-use crate::ticket::{Snapshot, TicketStatus};
+use crate::ticket::{Approval, Request, Snapshot, TicketStatus};
 
 /// A grant the ticket warrants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,51 +98,105 @@ pub fn matching_policies<'a>(
         .collect()
 }
 
-/// What the snapshot warrants at `now`.
-pub fn decide(snap: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decision {
+/// What an approved, unchanged request brings to the rest of a decision.
+#[derive(Debug)]
+pub struct Approved<'s, 'c> {
+    pub request: &'s Request,
+    pub approval: &'s Approval,
+    pub duration: Option<Duration>,
+    /// The approvers that are known principals.
+    pub approvers: Vec<&'c str>,
+}
+
+/// The checks every decision shares, whoever the subject: the ticket is
+/// open and approved, warrant saw the approval, the request is what was
+/// approved and readable, and the approvers are known principals.
+pub fn approved_request<'s, 'c>(
+    snap: &'s Snapshot,
+    config: &'c Config,
+) -> Result<Approved<'s, 'c>, (DenyReason, String)> {
     match snap.status {
         TicketStatus::Open => {}
         TicketStatus::Closed => {
-            return deny(
+            return Err(denial(
                 DenyReason::TicketClosed,
                 format!("the ticket is closed ({})", snap.source_status),
-            )
+            ))
         }
         TicketStatus::Deleted => {
-            return deny(DenyReason::TicketClosed, "the ticket was deleted or moved")
+            return Err(denial(
+                DenyReason::TicketClosed,
+                "the ticket was deleted or moved",
+            ))
         }
     }
     if !snap.approved {
-        return deny(
+        return Err(denial(
             DenyReason::NotApproved,
             format!("the ticket is not approved (status {})", snap.source_status),
-        );
+        ));
     }
-    let request = match (&snap.request, &snap.request_error) {
-        (Some(r), _) => r,
-        (None, e) => {
-            return deny(
-                DenyReason::InvalidRequest,
-                e.clone()
-                    .unwrap_or_else(|| "the ticket asks for nothing".into()),
-            )
-        }
+    let Some(request) = &snap.request else {
+        let why = snap.request_error.clone();
+        return Err(denial(
+            DenyReason::InvalidRequest,
+            why.unwrap_or_else(|| "the ticket asks for nothing".into()),
+        ));
     };
     let Some(approval) = &snap.approval else {
-        return deny(DenyReason::ApproverUnknown, "the ticket shows as approved, but warrant did not see who approved it; approve it again");
+        return Err(denial(
+            DenyReason::ApproverUnknown,
+            "the ticket shows as approved, but warrant did not see who approved it; approve it again",
+        ));
     };
     if approval.fingerprint != snap.request_fingerprint() {
-        return deny(
+        return Err(denial(
             DenyReason::RequestChanged,
             "the request changed after it was approved; approve it again",
-        );
+        ));
     }
+    let duration = request
+        .duration
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| denial(DenyReason::InvalidRequest, e))?;
+    let approvers: Vec<&str> = approval
+        .approvers
+        .iter()
+        .filter_map(|a| config.principal_for(snap.source, a))
+        .map(|i| i.principal.as_str())
+        .collect();
+    if approvers.is_empty() {
+        return Err(denial(
+            DenyReason::ApproverUnknown,
+            format!(
+                "approver {} is not in [[identities]]",
+                approval.approvers.join(", ")
+            ),
+        ));
+    }
+    Ok(Approved {
+        request,
+        approval,
+        duration,
+        approvers,
+    })
+}
+
+/// What the snapshot warrants at `now`.
+pub fn decide(snap: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decision {
+    let Approved {
+        request,
+        approval,
+        duration,
+        approvers,
+    } = match approved_request(snap, config) {
+        Ok(a) => a,
+        Err((reason, detail)) => return Decision::Deny { reason, detail },
+    };
     let resource: Resource = match request.resource.parse() {
         Ok(r) => r,
-        Err(e) => return deny(DenyReason::InvalidRequest, e),
-    };
-    let duration = match request.duration.as_deref().map(parse_duration).transpose() {
-        Ok(d) => d,
         Err(e) => return deny(DenyReason::InvalidRequest, e),
     };
     let Some(subject) = config.principal_for(snap.source, &request.subject) else {
@@ -159,21 +213,6 @@ pub fn decide(snap: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decision 
         return deny(
             DenyReason::UnknownResource,
             format!("no provider `{}` is configured", resource.provider()),
-        );
-    }
-    let approvers: Vec<&str> = approval
-        .approvers
-        .iter()
-        .filter_map(|a| config.principal_for(snap.source, a))
-        .map(|i| i.principal.as_str())
-        .collect();
-    if approvers.is_empty() {
-        return deny(
-            DenyReason::ApproverUnknown,
-            format!(
-                "approver {} is not in [[identities]]",
-                approval.approvers.join(", ")
-            ),
         );
     }
     let policies = matching_policies(

@@ -17,9 +17,9 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::config::{glob_match, CiTrust, Config, Policy};
-use crate::domain::{parse_duration, DenyReason, Resource, RevokeReason};
-use crate::policy::{matching_policies, window_under};
-use crate::ticket::{Snapshot, TicketStatus};
+use crate::domain::{DenyReason, Resource, RevokeReason};
+use crate::policy::{approved_request, matching_policies, window_under, Approved};
+use crate::ticket::Snapshot;
 
 /// Why a CI request is refused: one of the ticket's denial reasons, or one
 /// that only CI requests have.
@@ -255,44 +255,15 @@ fn warranted<'a>(
     principal: &str,
     resource: &Resource,
 ) -> Result<Allowed<'a>, CiDenial> {
-    match snap.status {
-        TicketStatus::Open => {}
-        TicketStatus::Closed => {
-            return ticket_deny(
-                DenyReason::TicketClosed,
-                format!("the ticket is closed ({})", snap.source_status),
-            )
-        }
-        TicketStatus::Deleted => {
-            return ticket_deny(DenyReason::TicketClosed, "the ticket was deleted or moved")
-        }
-    }
-    if !snap.approved {
-        return ticket_deny(
-            DenyReason::NotApproved,
-            format!("the ticket is not approved (status {})", snap.source_status),
-        );
-    }
-    let Some(request) = &snap.request else {
-        return ticket_deny(
-            DenyReason::InvalidRequest,
-            snap.request_error
-                .clone()
-                .unwrap_or_else(|| "the ticket asks for nothing".into()),
-        );
-    };
-    let Some(approval) = &snap.approval else {
-        return ticket_deny(
-            DenyReason::ApproverUnknown,
-            "the ticket shows as approved, but warrant did not see who approved it; approve it again",
-        );
-    };
-    if approval.fingerprint != snap.request_fingerprint() {
-        return ticket_deny(
-            DenyReason::RequestChanged,
-            "the request changed after it was approved; approve it again",
-        );
-    }
+    let Approved {
+        request,
+        approval,
+        duration,
+        approvers,
+    } = approved_request(snap, config).map_err(|(reason, detail)| CiDenial {
+        reason: CiReason::Ticket(reason),
+        detail,
+    })?;
     let asked = resource.to_string();
     let requested = request.resource.trim();
     if requested != asked && !glob_match(requested, &asked) {
@@ -304,29 +275,10 @@ fn warranted<'a>(
             ),
         );
     }
-    let duration = match request.duration.as_deref().map(parse_duration).transpose() {
-        Ok(d) => d,
-        Err(e) => return ticket_deny(DenyReason::InvalidRequest, e),
-    };
     if !config.providers.contains_key(resource.provider()) {
         return ticket_deny(
             DenyReason::UnknownResource,
             format!("no provider `{}` is configured", resource.provider()),
-        );
-    }
-    let approvers: Vec<&str> = approval
-        .approvers
-        .iter()
-        .filter_map(|a| config.principal_for(snap.source, a))
-        .map(|i| i.principal.as_str())
-        .collect();
-    if approvers.is_empty() {
-        return ticket_deny(
-            DenyReason::ApproverUnknown,
-            format!(
-                "approver {} is not in [[identities]]",
-                approval.approvers.join(", ")
-            ),
         );
     }
     // The person who asked through the ticket may not approve it for their
@@ -459,7 +411,7 @@ pub fn still_warranted(
 mod tests {
     use super::*;
     use crate::domain::{Source, TicketKey};
-    use crate::ticket::{merge, ApprovalSignal, Request, TicketEvent};
+    use crate::ticket::{merge, ApprovalSignal, Request, TicketEvent, TicketStatus};
     use chrono::TimeZone;
     use serde_json::json;
 

@@ -600,6 +600,44 @@ async fn ticket_closed_while_the_job_runs(backend: Backend) {
     );
 }
 
+async fn an_unrelated_ticket_event_keeps_the_ci_grant(backend: Backend) {
+    let issuer = Issuer::new();
+    let app = app!(backend, &issuer.config());
+    let mut issue = ticket(&app, true).await;
+    let (status, body) = ask(&app, &issuer.sign(&gh_claims(&app)), &deploy()).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["grant"]["id"].as_str().unwrap().to_string();
+    app.run_jobs().await;
+    // Someone else's label: the ticket still warrants the pipeline's grant.
+    issue.labels = vec!["access-approved", "triage"];
+    issue.updated_at = t0() + Duration::minutes(1);
+    let r = app
+        .post_github(
+            "issues",
+            "triage-42",
+            &payloads::github("labeled", &issue, "bob-gh", Some("triage")),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.run_jobs().await;
+    assert_eq!(grant(&app, &id).await["state"], "active");
+    // Withdrawing the approval takes it away.
+    issue.labels = vec!["triage"];
+    issue.updated_at = t0() + Duration::minutes(2);
+    app.post_github(
+        "issues",
+        "unlabel-42",
+        &payloads::github("unlabeled", &issue, "alice-gh", Some("access-approved")),
+    )
+    .await;
+    app.run_jobs().await;
+    let g = grant(&app, &id).await;
+    assert_eq!(
+        (g["state"].as_str(), g["revoke_reason"].as_str()),
+        (Some("revoked"), Some("approval_withdrawn"))
+    );
+}
+
 async fn the_run_releases_its_grant(backend: Backend) {
     let issuer = Issuer::new();
     let app = app!(backend, &issuer.config());
@@ -843,6 +881,7 @@ async fn jwks_url_is_fetched_cached_and_fetched_again(backend: Backend) {
 }
 
 backend_tests!(
+    an_unrelated_ticket_event_keeps_the_ci_grant,
     jwks_url_is_fetched_cached_and_fetched_again,
     other_providers_grant_without_a_credential,
     a_key_file_signs_credentials,
