@@ -437,19 +437,7 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
                                 error: None,
                             });
                         }
-                        audit_only(
-                            state,
-                            &g,
-                            "grant.apply_failed",
-                            json!({ "attempt": n, "error": msg }),
-                            now,
-                        )
-                        .await?;
-                        return Ok(Finish::At {
-                            run_at: now + backoff(state, attempts),
-                            attempts: n,
-                            error: Some(msg),
-                        });
+                        return retry_later(state, &g, "grant.apply_failed", attempts, msg, now).await;
                     }
                 }
             }
@@ -484,21 +472,7 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
                     }
                 }
                 Err(e) => {
-                    let n = attempts + 1;
-                    let msg = e.to_string();
-                    audit_only(
-                        state,
-                        &g,
-                        "revoke.failed",
-                        json!({ "attempt": n, "error": msg }),
-                        now,
-                    )
-                    .await?;
-                    return Ok(Finish::At {
-                        run_at: now + backoff(state, attempts),
-                        attempts: n,
-                        error: Some(msg),
-                    });
+                    return retry_later(state, &g, "revoke.failed", attempts, e.to_string(), now).await;
                 }
             },
             GrantState::Failed if cleanup => match providers::call(state, &g, Action::Revoke).await
@@ -599,6 +573,24 @@ async fn transition(
         })
     })
     .await
+}
+
+/// Records a failed provider call and schedules the next attempt.
+async fn retry_later(
+    state: &Arc<AppState>,
+    g: &GrantRow,
+    kind: &'static str,
+    attempts: i32,
+    error: String,
+    now: DateTime<Utc>,
+) -> Result<Finish, StoreError> {
+    let n = attempts + 1;
+    audit_only(state, g, kind, json!({ "attempt": n, "error": error }), now).await?;
+    Ok(Finish::At {
+        run_at: now + backoff(state, attempts),
+        attempts: n,
+        error: Some(error),
+    })
 }
 
 async fn audit_only(
