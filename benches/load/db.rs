@@ -147,10 +147,12 @@ impl Drop for BenchDb {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Floor {
     pub commits_per_s: f64,
     pub latency: Option<Summary>,
+    /// Taken while the connections are open, so PostgreSQL's backends count.
+    pub cpu: String,
 }
 
 /// Single-row durable commits per second from `conns` connections, each in
@@ -210,7 +212,9 @@ pub fn floor(db: &BenchDb, conns: usize, secs: Duration) -> Floor {
             })
         })
         .collect();
+    let cpu0 = crate::stats::Cpu::sample(0);
     std::thread::sleep(secs);
+    let cpu = crate::stats::Cpu::sample(0).since(&cpu0);
     stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
     for t in threads {
@@ -220,6 +224,7 @@ pub fn floor(db: &BenchDb, conns: usize, secs: Duration) -> Floor {
     Floor {
         commits_per_s: lat.len() as f64 / elapsed,
         latency: summarize(&lat),
+        cpu,
     }
 }
 
@@ -278,7 +283,10 @@ pub fn seed(conn: &mut AnyConn, s: &Seed, now_us: i64) {
     };
     let from = match conn {
         AnyConn::Sqlite(_) => "FROM s".to_string(),
-        AnyConn::Pg(_) => format!("FROM generate_series(0::bigint, {}) AS i", s.count as i64 - 1),
+        AnyConn::Pg(_) => format!(
+            "FROM generate_series(0::bigint, {}) AS i",
+            s.count as i64 - 1
+        ),
     };
     let expires = if s.span_us > 0 {
         format!("({} + (i * {}) % {})", s.first_us, s.step_us, s.span_us)
@@ -334,4 +342,86 @@ pub fn states(conn: &mut AnyConn, set: u32) -> Vec<(String, String)> {
         grant_prefix(set)
     ))
     .unwrap_or_default()
+}
+
+/// Samples what PostgreSQL's backends of this database are doing, ten times
+/// a second, until `finish`: where the time of a write goes (waiting for a
+/// lock, for the WAL flush, for the application's next statement).
+pub struct Waits {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<(String, String)>>,
+}
+
+impl Waits {
+    pub fn start(db: &BenchDb) -> Option<Waits> {
+        if db.backend != Backend::Postgres {
+            return None;
+        }
+        let mut conn = db.connect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                seen.extend(
+                    conn.pairs(
+                        "SELECT state AS a, COALESCE(wait_event_type || ':' || wait_event, 'on CPU') AS b \
+                         FROM pg_stat_activity WHERE datname = current_database() \
+                         AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')",
+                    )
+                    .unwrap_or_default(),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        Some(Waits { stop, handle })
+    }
+
+    /// "active Lock:transactionid 41%, idle in transaction Client:ClientRead
+    /// 30%, …" over all backend samples; also the mean number of backends
+    /// inside a transaction.
+    pub fn finish(self, secs: f64) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        let seen = self.handle.join().unwrap_or_default();
+        let n = seen.len().max(1) as f64;
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for (state, wait) in &seen {
+            let state = if state == "idle in transaction" {
+                "idle-in-tx"
+            } else {
+                state.as_str()
+            };
+            *counts.entry(format!("{state} {wait}")).or_default() += 1;
+        }
+        let mut v: Vec<(String, usize)> = counts.into_iter().collect();
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
+        let top: Vec<String> = v
+            .iter()
+            .take(4)
+            .map(|(k, c)| format!("{k} {:.0}%", 100.0 * *c as f64 / n))
+            .collect();
+        format!(
+            "{:.1} backends in a tx on average: {}",
+            seen.len() as f64 / (secs * 10.0).max(1.0),
+            top.join(", ")
+        )
+    }
+}
+
+/// PostgreSQL's own counters for this database: committed transactions,
+/// and sequential scans of `jobs` (each one reads every job row).
+pub fn pg_counters(conn: &mut AnyConn) -> Option<(i64, i64)> {
+    if !matches!(conn, AnyConn::Pg(_)) {
+        return None;
+    }
+    let rows = conn
+        .pairs(
+            "SELECT CAST(d.xact_commit AS TEXT) AS a, \
+             CAST(COALESCE((SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'jobs'), 0) AS TEXT) AS b \
+             FROM pg_stat_database d WHERE d.datname = current_database()",
+        )
+        .ok()?;
+    let (a, b) = rows.first()?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }

@@ -22,7 +22,9 @@
 //! `BENCH_PG_URL` is the PostgreSQL admin URL (a database is created and
 //! dropped); `BENCH_LOG` sets the server's log filter (default `info`, as
 //! shipped); `BENCH_KEEP=1` keeps the temporary directory (configs, logs,
-//! the SQLite files).
+//! the SQLite files); `BENCH_PHASES=ingest` or `revoke` runs one of the
+//! two; `BENCH_PERF=1` runs `perf` beside the saturation, fixed-rate and
+//! burst phases (syscall counts in the table, profiles kept).
 //!
 //! All traffic goes to 127.0.0.1; every loop is bounded in count and time.
 
@@ -33,6 +35,7 @@ mod db;
 mod http;
 mod ingest;
 mod payloads;
+mod perf;
 mod server;
 mod stats;
 
@@ -78,6 +81,8 @@ struct Settings {
     lead_secs: u64,
     pg_admin: String,
     keep: bool,
+    /// `ingest`, `revoke` or both (the default).
+    phases: String,
 }
 
 impl Settings {
@@ -118,7 +123,8 @@ impl Settings {
             lead_secs: env_or("BENCH_LEAD_SECS", 10),
             pg_admin: std::env::var("BENCH_PG_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
-            keep: std::env::var_os("BENCH_KEEP").is_some(),
+            keep: std::env::var_os("BENCH_KEEP").is_some() || perf::enabled(),
+            phases: std::env::var("BENCH_PHASES").unwrap_or_else(|_| "ingest,revoke".into()),
             scale,
         }
     }
@@ -250,7 +256,6 @@ async fn ingest_run(
     wait_quiet(0, Duration::from_secs(90)).await;
     let floor_db = db.floor_db(dir, &s.pg_admin);
     let (conns, secs) = (s.pool_size as usize, s.floor_secs);
-    let cpu0 = Cpu::sample(0);
     let floor = blocking(move || {
         let f = db::floor(&floor_db, conns, secs);
         drop(floor_db);
@@ -271,7 +276,7 @@ async fn ingest_run(
         "DB floor: commit latency median / p99",
         ms(floor.latency),
     );
-    rep.row(col, "DB floor: CPU", Cpu::sample(0).since(&cpu0));
+    rep.row(col, "DB floor: CPU", floor.cpu.clone());
 
     let port = free_port();
     let config = write_config(
@@ -303,8 +308,43 @@ async fn ingest_run(
     wait_quiet(server.pid(), Duration::from_secs(90)).await;
     let mark = receiver.len();
     let cpu0 = Cpu::sample(server.pid());
+    let waits = db::Waits::start(&db);
+    let mut stats_conn = db.connect();
+    let pg0 = db::pg_counters(&mut stats_conn);
+    let prof = perf::start(
+        server.pid(),
+        dir,
+        &format!("{}-saturation", backend.name()),
+        s.saturation.saturating_sub(Duration::from_secs(2)),
+    );
     let sat = saturate(load.clone(), s.clients, s.saturation, 200_000, epoch).await;
     let cpu_sat = Cpu::sample(server.pid()).since(&cpu0);
+    if let Some(p) = prof {
+        rep.row(col, "ingest @ saturation: perf", p.finish());
+    }
+    if let Some(w) = waits {
+        rep.row(
+            col,
+            "ingest @ saturation: PostgreSQL backends (sampled)",
+            w.finish(s.saturation.as_secs_f64()),
+        );
+    }
+    // PostgreSQL publishes its counters within a second.
+    if let Some((c0, s0)) = pg0 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if let Some((c1, s1)) = db::pg_counters(&mut stats_conn) {
+            rep.row(
+                col,
+                "ingest @ saturation: PostgreSQL transactions (reads too) per accepted webhook; seq scans of jobs/s",
+                format!(
+                    "{:.2}; {:.0}/s",
+                    (c1 - c0) as f64 / sat.accepted.max(1) as f64,
+                    (s1 - s0) as f64 / sat.elapsed.as_secs_f64()
+                ),
+            );
+        }
+    }
+    drop(stats_conn);
     let sat_lat = summarize(&sat.latency_ms);
     log(
         backend,
@@ -356,6 +396,13 @@ async fn ingest_run(
     wait_quiet(server.pid(), Duration::from_secs(90)).await;
     let mark = receiver.len();
     let cpu0 = Cpu::sample(server.pid());
+    let prof = perf::start(
+        server.pid(),
+        dir,
+        &format!("{}-fixed", backend.name()),
+        s.rate_secs.saturating_sub(Duration::from_secs(2)),
+    );
+    let waits = db::Waits::start(&db);
     let fixed = fixed_rate(
         load.clone(),
         s.rate,
@@ -366,6 +413,16 @@ async fn ingest_run(
     )
     .await;
     let cpu_fixed = Cpu::sample(server.pid()).since(&cpu0);
+    if let Some(w) = waits {
+        rep.row(
+            col,
+            &format!("ingest @ {}/s: PostgreSQL backends (sampled)", s.rate),
+            w.finish(s.rate_secs.as_secs_f64()),
+        );
+    }
+    if let Some(p) = prof {
+        rep.row(col, &format!("ingest @ {}/s: perf", s.rate), p.finish());
+    }
     let fixed_lat = summarize(&fixed.latency_ms);
     log(
         backend,
@@ -683,6 +740,7 @@ async fn revoke_run(
     };
     wait_until(steady_first).await;
     let cpu0 = Cpu::sample(pid);
+    let pg0 = db::pg_counters(&mut conn);
     let steady_end = steady_first + s.steady_secs as i64 * 1_000_000;
     wait_until(steady_end).await;
     let revokes = |set: u32| {
@@ -698,6 +756,16 @@ async fn revoke_run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu_steady = Cpu::sample(pid).since(&cpu0);
+    if let Some((_, s0)) = pg0 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if let Some((_, s1)) = db::pg_counters(&mut conn) {
+            rep.row(
+                col,
+                "revocation, steady: seq scans of jobs/s (PostgreSQL)",
+                format!("{:.0}/s", (s1 - s0) as f64 / s.steady_secs as f64),
+            );
+        }
+    }
     let steady_calls = revokes(STEADY);
     let steady_lag: Vec<f64> = steady_calls
         .iter()
@@ -715,11 +783,20 @@ async fn revoke_run(
 
     wait_until(burst_first).await;
     let cpu0 = Cpu::sample(pid);
+    let prof = perf::start(
+        pid,
+        dir,
+        &format!("{}-burst", backend.name()),
+        Duration::from_secs(8),
+    );
     let deadline = burst_first + 1_000_000 + 60_000_000;
     while (revokes(BURST).len() as u64) < burst && now_us() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu_burst = Cpu::sample(pid).since(&cpu0);
+    if let Some(p) = prof {
+        rep.row(col, "revocation, burst: perf (first 8 s)", p.finish());
+    }
     let burst_calls = revokes(BURST);
     let burst_lag: Vec<f64> = burst_calls
         .iter()
@@ -882,10 +959,14 @@ fn main() {
             }
             let sub = dir.path().join(backend.name());
             std::fs::create_dir_all(&sub).expect("backend directory");
-            log(backend, "ingest run");
-            ingest_run(&s, backend, &receiver, &sub, &mut rep, col).await;
-            log(backend, "revocation run");
-            revoke_run(&s, backend, &receiver, &sub, &mut rep, col).await;
+            if s.phases.contains("ingest") {
+                log(backend, "ingest run");
+                ingest_run(&s, backend, &receiver, &sub, &mut rep, col).await;
+            }
+            if s.phases.contains("revoke") {
+                log(backend, "revocation run");
+                revoke_run(&s, backend, &receiver, &sub, &mut rep, col).await;
+            }
         }
         rep.print(&s);
         if s.keep {

@@ -164,16 +164,20 @@ impl Ticket {
             1 => Src::Github,
             _ => Src::Servicenow,
         };
-        Ticket {
+        let mut t = Ticket {
             n,
             src,
             subject: n % SUBJECTS,
             approver: APPROVERS[(n % 2) as usize].1,
             resource: format!("hooks/svc-{}", n % SERVICES),
-            // With the envelope around it, a delivery lands at 5–20 KB.
-            pad: rng.gen_range(3_600..=18_200),
+            pad: 0,
             base: epoch,
-        }
+        };
+        // The whole delivery, envelope and text, lands at 5–20 KB (the
+        // margin leaves room for the JSON escapes of the text's newlines).
+        let envelope = t.with_pad(APPROVE_STEP, "").len();
+        t.pad = rng.gen_range(5_900..=20_000usize).saturating_sub(envelope);
+        t
     }
 
     pub fn key(&self) -> String {
@@ -189,7 +193,10 @@ impl Ticket {
     }
 
     pub fn body(&self, step: u64, corpus: &Corpus) -> Vec<u8> {
-        let pad = corpus.text(self.n * 7 + step, self.pad);
+        self.with_pad(step, corpus.text(self.n * 7 + step, self.pad))
+    }
+
+    fn with_pad(&self, step: u64, pad: &str) -> Vec<u8> {
         let v = match self.src {
             Src::Github => self.github(step, pad),
             Src::Jira => self.jira(step, pad),
