@@ -167,6 +167,10 @@ pub fn next_due(db: &Db) -> Result<Option<DateTime<Utc>>, StoreError> {
 #[derive(Debug)]
 enum Finish {
     Done,
+    /// The grant is final: the job goes, even if something rescheduled it
+    /// while it ran (its own revocation did), so it is not claimed again
+    /// only to be deleted.
+    Gone,
     At {
         run_at: DateTime<Utc>,
         attempts: i32,
@@ -181,6 +185,10 @@ fn finish(db: &Db, job: &JobRow, how: Finish) -> Result<(), StoreError> {
                 jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
             )
             .execute(c))?,
+            Finish::Gone => {
+                dispatch!(conn, c => diesel::delete(jobs::table.filter(jobs::id.eq(job.id))).execute(c))?
+                    .max(1)
+            }
             Finish::At {
                 run_at,
                 attempts,
@@ -236,7 +244,7 @@ pub async fn run_due(state: &Arc<AppState>) -> Result<usize, StoreError> {
             let kind = job.kind.clone();
             let outcome = match run_job(&state, &job).await {
                 Ok(how) => {
-                    let ok = matches!(how, Finish::Done)
+                    let ok = matches!(how, Finish::Done | Finish::Gone)
                         || matches!(&how, Finish::At { error: None, .. });
                     let db = state.db.clone();
                     let r = tokio::task::spawn_blocking(move || finish(&db, &job, how)).await;
@@ -437,7 +445,8 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
                                 error: None,
                             });
                         }
-                        return retry_later(state, &g, "grant.apply_failed", attempts, msg, now).await;
+                        return retry_later(state, &g, "grant.apply_failed", attempts, msg, now)
+                            .await;
                     }
                 }
             }
@@ -468,18 +477,19 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
                                 (now - expires_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
                             state.metrics.revocation_lag.observe(lag.max(0.0));
                         }
-                        return Ok(Finish::Done);
+                        return Ok(Finish::Gone);
                     }
                 }
                 Err(e) => {
-                    return retry_later(state, &g, "revoke.failed", attempts, e.to_string(), now).await;
+                    return retry_later(state, &g, "revoke.failed", attempts, e.to_string(), now)
+                        .await;
                 }
             },
             GrantState::Failed if cleanup => match providers::call(state, &g, Action::Revoke).await
             {
                 Ok(()) => {
                     audit_only(state, &g, "grant.cleaned_up", json!({}), now).await?;
-                    return Ok(Finish::Done);
+                    return Ok(Finish::Gone);
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -490,7 +500,7 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
                     });
                 }
             },
-            GrantState::Failed | GrantState::Revoked => return Ok(Finish::Done),
+            GrantState::Failed | GrantState::Revoked => return Ok(Finish::Gone),
         }
     }
     Ok(Finish::At {

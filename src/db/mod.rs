@@ -6,6 +6,7 @@
 pub mod schema;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -168,7 +169,9 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSetup {
 
 #[derive(Clone)]
 enum Pool {
-    Sqlite(R2Pool<ConnectionManager<SqliteConnection>>),
+    /// SQLite has one writer: writers queue on the mutex in this process
+    /// instead of sleeping in SQLite's busy handler and retrying.
+    Sqlite(R2Pool<ConnectionManager<SqliteConnection>>, Arc<Mutex<()>>),
     Postgres(R2Pool<ConnectionManager<PgConnection>>),
 }
 
@@ -198,6 +201,7 @@ impl Db {
                         .connection_timeout(timeout)
                         .connection_customizer(Box::new(SqliteSetup))
                         .build_unchecked(manager),
+                    Arc::new(Mutex::new(())),
                 )
             }
             DbUrl::Postgres(url) => {
@@ -217,7 +221,7 @@ impl Db {
 
     pub fn backend(&self) -> &'static str {
         match self.pool {
-            Pool::Sqlite(_) => "sqlite",
+            Pool::Sqlite(..) => "sqlite",
             Pool::Postgres(_) => "postgres",
         }
     }
@@ -225,7 +229,7 @@ impl Db {
     /// Applies the embedded migrations for this backend; returns how many ran.
     pub fn migrate(&self) -> Result<usize, StoreError> {
         match &self.pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite(p, _) => {
                 let mut c = p.get()?;
                 let c: &mut SqliteConnection = &mut c;
                 c.run_pending_migrations(SQLITE_MIGRATIONS)
@@ -257,7 +261,7 @@ impl Db {
             }
         };
         match &self.pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite(p, _) => {
                 let mut c = p.get()?;
                 let c: &mut SqliteConnection = &mut c;
                 c.batch_execute("SELECT 1")?;
@@ -287,7 +291,8 @@ impl Db {
         f: impl FnOnce(&mut Conn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match &self.pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite(p, writer) => {
+                let _turn = writer.lock().unwrap_or_else(|e| e.into_inner());
                 let mut c: PooledConnection<_> = p.get()?;
                 c.immediate_transaction(|c| f(&mut Conn::Sqlite(c)))
             }
@@ -304,7 +309,7 @@ impl Db {
         f: impl FnOnce(&mut Conn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match &self.pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite(p, _) => {
                 let mut c = p.get()?;
                 f(&mut Conn::Sqlite(&mut c))
             }
