@@ -324,13 +324,57 @@ fn star() -> Vec<String> {
     vec!["*".into()]
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug, Clone)]
 pub enum ProviderConfig {
     Postgres(PostgresProvider),
     Http(HttpProvider),
     GithubTeam(GithubTeamProvider),
     Token(TokenProvider),
+}
+
+/// Marks an error inside a provider table with the key it is about; serde's
+/// tagged enums would otherwise only name the table.
+const FIELD_MARK: &str = "\u{1}field ";
+
+impl<'de> Deserialize<'de> for ProviderConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(_) => {
+                return Err(D::Error::custom(format!(
+                    "{FIELD_MARK}kind: must be a string"
+                )))
+            }
+            None => {
+                return Err(D::Error::custom(
+                    "missing field `kind` (postgres, http, github_team or token)",
+                ))
+            }
+        };
+        fn inner<'a, T: Deserialize<'a>, E: Error>(table: toml::Table) -> Result<T, E> {
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.inner().message();
+                if path == "." {
+                    E::custom(message)
+                } else {
+                    E::custom(format!("{FIELD_MARK}{path}: {message}"))
+                }
+            })
+        }
+        match kind.as_str() {
+            "postgres" => inner(table).map(ProviderConfig::Postgres),
+            "http" => inner(table).map(ProviderConfig::Http),
+            "github_team" => inner(table).map(ProviderConfig::GithubTeam),
+            "token" => inner(table).map(ProviderConfig::Token),
+            other => Err(D::Error::custom(format!(
+                "{FIELD_MARK}kind: unknown provider kind `{}` (postgres, http, github_team or token)",
+                crate::domain::truncate(other, 40)
+            ))),
+        }
+    }
 }
 
 impl ProviderConfig {
@@ -507,8 +551,16 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().message().to_string();
+            let mut key = e.path().to_string();
+            let mut message = e.inner().message().to_string();
+            if let Some((field, rest)) = message
+                .strip_prefix(FIELD_MARK)
+                .and_then(|m| m.split_once(": "))
+                .map(|(f, r)| (f.to_string(), r.to_string()))
+            {
+                key = format!("{key}.{field}");
+                message = rest;
+            }
             invalid(
                 if key == "." {
                     "(top level)".into()

@@ -21,7 +21,8 @@ fn bad_configuration_exits_2_naming_the_key() {
         ("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", "server"),
         ("[server]\nmax_body_bytes = \"lots\"\n", "server.max_body_bytes"),
         ("[sources.github]\nsecret_env = \"UNSET_SECRET_VAR\"\nrepositories = [\"a/b\"]\n", "sources.github.secret_env"),
-        ("[providers.h]\nkind = \"http\"\nurl = \"http://x\"\nsecret_env = \"HOOKS\"\ntimeout = \"5 minutes\"\n", "providers.h"),
+        ("[providers.h]\nkind = \"http\"\nurl = \"http://x\"\nsecret_env = \"HOOKS\"\ntimeout = \"5 minutes\"\n", "providers.h.timeout"),
+        ("[providers.h]\nkind = \"ldap\"\n", "providers.h.kind"),
     ];
     for (text, key) in cases {
         let path = dir.path().join("bad.toml");
