@@ -35,6 +35,8 @@ pub struct AppState {
     pub ci: crate::ci::oidc::Verifier,
     /// The `token` providers' signing keys.
     pub tokens: crate::providers::token::KeyRing,
+    /// Group commit for webhook intake and grant jobs.
+    pub commit: crate::commit::Committer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,14 +98,18 @@ impl AppState {
         let providers = crate::providers::Providers::new(&config);
         let ci = crate::ci::oidc::Verifier::new(&config);
         let tokens = crate::providers::token::KeyRing::new(&config).map_err(AppError::Keys)?;
+        let metrics = Arc::new(Metrics::new());
+        let commit =
+            crate::commit::Committer::start(db.clone(), config.database.writers, metrics.clone());
         Ok(AppState {
+            commit,
             providers,
             ci,
             tokens,
             config: Arc::new(config),
             db,
             clock,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             http,
             wake: Arc::new(tokio::sync::Notify::new()),
             instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),

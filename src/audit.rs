@@ -128,7 +128,16 @@ pub fn append(
     at: DateTime<Utc>,
     events: Vec<NewEvent>,
 ) -> Result<(), StoreError> {
-    if events.is_empty() {
+    append_each(conn, vec![(at, events)])
+}
+
+/// Appends several changes' events, each group at its own time, with one
+/// read and one update of the head (group commit).
+pub fn append_each(
+    conn: &mut Conn<'_>,
+    groups: Vec<(DateTime<Utc>, Vec<NewEvent>)>,
+) -> Result<(), StoreError> {
+    if groups.iter().all(|(_, events)| events.is_empty()) {
         return Ok(());
     }
     let (mut seq, mut prev): (i64, String) = match conn {
@@ -142,27 +151,32 @@ pub fn append(
             .select((audit_head::seq, audit_head::hash))
             .first(&mut **c)?,
     };
-    let at = to_micros(at);
-    let mut rows = Vec::with_capacity(events.len());
-    for e in events {
-        seq += 1;
-        let data = e.data.to_string();
-        let mut row = EventRow {
-            seq,
-            at,
-            type_: e.kind.to_string(),
-            ticket: e.ticket,
-            grant_id: e.grant_id,
-            actor: e.actor,
-            data,
-            prev_hash: prev.clone(),
-            hash: String::new(),
-        };
-        row.hash = event_hash(&prev, &row);
-        prev = row.hash.clone();
-        rows.push(row);
+    let mut rows = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
+    for (at, events) in groups {
+        let at = to_micros(at);
+        for e in events {
+            seq += 1;
+            let data = e.data.to_string();
+            let mut row = EventRow {
+                seq,
+                at,
+                type_: e.kind.to_string(),
+                ticket: e.ticket,
+                grant_id: e.grant_id,
+                actor: e.actor,
+                data,
+                prev_hash: prev.clone(),
+                hash: String::new(),
+            };
+            row.hash = event_hash(&prev, &row);
+            prev = row.hash.clone();
+            rows.push(row);
+        }
     }
-    dispatch!(conn, c => diesel::insert_into(audit_events::table).values(&rows).execute(c))?;
+    // Bound each statement's parameters (SQLite allows 32,766).
+    for chunk in rows.chunks(500) {
+        dispatch!(conn, c => diesel::insert_into(audit_events::table).values(chunk).execute(c))?;
+    }
     dispatch!(conn, c => diesel::update(audit_head::table.filter(audit_head::id.eq(1)))
         .set((audit_head::seq.eq(seq), audit_head::hash.eq(&prev)))
         .execute(c))?;

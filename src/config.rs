@@ -132,6 +132,9 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
     /// How long a request waits for a connection before answering 503.
     pub connect_timeout: ConfigDuration,
+    /// Group-commit writers on PostgreSQL, each holding one connection
+    /// while it commits (SQLite has one).
+    pub writers: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -140,6 +143,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://warrant.db".into(),
             pool_size: 8,
             connect_timeout: ConfigDuration(Duration::seconds(5)),
+            writers: 2,
         }
     }
 }
@@ -680,6 +684,9 @@ impl Config {
         crate::db::DbUrl::parse(&self.database.url).map_err(|m| invalid("database.url", m))?;
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be above 0"));
+        }
+        if self.database.writers == 0 {
+            return Err(invalid("database.writers", "must be above 0"));
         }
 
         let mut names = HashSet::new();

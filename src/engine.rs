@@ -20,7 +20,7 @@ use crate::sources::Parsed;
 use crate::ticket::{merge, Snapshot};
 
 /// A webhook that passed its signature check and parsed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     pub source: Source,
     pub id: String,
@@ -59,85 +59,86 @@ pub struct DecisionRow {
 }
 
 /// Records a delivery and, if it is new and carries a ticket, folds it in
-/// and reconciles. Nothing is written for a duplicate.
-pub fn ingest(
-    db: &Db,
+/// and reconciles, inside the caller's transaction; the audit events it
+/// produces go to `events`. Nothing is written for a duplicate.
+pub fn ingest_in(
+    conn: &mut Conn<'_>,
     config: &Config,
     now: DateTime<Utc>,
-    d: Delivery,
+    d: &Delivery,
+    events: &mut Vec<NewEvent>,
 ) -> Result<Outcome, StoreError> {
-    db.write(|conn| {
-        let ticket_key = match &d.parsed {
-            Parsed::Ticket(ev) => Some(ev.key.clone()),
-            Parsed::Ignored { ticket, .. } => ticket.clone(),
-        };
-        let outcome = if matches!(d.parsed, Parsed::Ticket(_)) {
-            "accepted"
-        } else {
-            "ignored"
-        };
-        let inserted = dispatch!(conn, c => diesel::insert_into(deliveries::table)
-            .values((
-                deliveries::source.eq(d.source.as_str()),
-                deliveries::delivery_id.eq(&d.id),
-                deliveries::received_at.eq(to_micros(now)),
-                deliveries::body_sha256.eq(&d.body_sha256),
-                deliveries::ticket.eq(ticket_key.as_ref().map(|k| k.as_str())),
-                deliveries::outcome.eq(outcome),
-            ))
-            .on_conflict_do_nothing()
-            .execute(c))?;
-        if inserted == 0 {
-            let ticket: Option<Option<String>> = dispatch!(conn, c => deliveries::table
-                .filter(deliveries::source.eq(d.source.as_str()))
-                .filter(deliveries::delivery_id.eq(&d.id))
-                .select(deliveries::ticket)
-                .first(c)
-                .optional())?;
-            return Ok(Outcome::Duplicate(ticket.flatten()));
-        }
-        let ev = match d.parsed {
-            Parsed::Ignored { ticket, .. } => return Ok(Outcome::Ignored(ticket)),
-            Parsed::Ticket(ev) => ev,
-        };
-        let key = ev.key.clone();
-        let mut events = vec![NewEvent::new(
+    let ticket_key = match &d.parsed {
+        Parsed::Ticket(ev) => Some(ev.key.clone()),
+        Parsed::Ignored { ticket, .. } => ticket.clone(),
+    };
+    let outcome = if matches!(d.parsed, Parsed::Ticket(_)) {
+        "accepted"
+    } else {
+        "ignored"
+    };
+    let inserted = dispatch!(conn, c => diesel::insert_into(deliveries::table)
+        .values((
+            deliveries::source.eq(d.source.as_str()),
+            deliveries::delivery_id.eq(&d.id),
+            deliveries::received_at.eq(to_micros(now)),
+            deliveries::body_sha256.eq(&d.body_sha256),
+            deliveries::ticket.eq(ticket_key.as_ref().map(|k| k.as_str())),
+            deliveries::outcome.eq(outcome),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c))?;
+    if inserted == 0 {
+        let ticket: Option<Option<String>> = dispatch!(conn, c => deliveries::table
+            .filter(deliveries::source.eq(d.source.as_str()))
+            .filter(deliveries::delivery_id.eq(&d.id))
+            .select(deliveries::ticket)
+            .first(c)
+            .optional())?;
+        return Ok(Outcome::Duplicate(ticket.flatten()));
+    }
+    let ev = match &d.parsed {
+        Parsed::Ignored { ticket, .. } => return Ok(Outcome::Ignored(ticket.clone())),
+        Parsed::Ticket(ev) => ev.clone(),
+    };
+    let key = ev.key.clone();
+    events.push(
+        NewEvent::new(
             "delivery.accepted",
             format!("{}:webhook", d.source),
             json!({ "source": d.source, "delivery": d.id, "body_sha256": d.body_sha256 }),
         )
-        .ticket(key.as_str())];
-        let prev = load_ticket(conn, key.as_str())?;
-        let prev_snap = prev
-            .as_ref()
-            .and_then(|r| serde_json::from_str::<Snapshot>(&r.snapshot).ok());
-        match &prev {
-            Some(row) if to_micros(ev.updated_at) < row.source_updated_at => {
-                events.push(
-                    NewEvent::new(
-                        "ticket.stale",
-                        "warrant",
-                        json!({ "delivery": d.id, "updated_at": rfc3339(ev.updated_at) }),
-                    )
-                    .ticket(key.as_str()),
-                );
-                audit::append(conn, now, events)?;
-                return Ok(Outcome::Accepted(Some(key)));
-            }
-            _ => {}
-        }
-        let snap = merge(prev_snap.as_ref(), ev);
-        if prev_snap.as_ref() != Some(&snap) {
-            save_snapshot(conn, &snap, prev.is_some(), now)?;
+        .ticket(key.as_str()),
+    );
+    let prev = load_ticket(conn, key.as_str())?;
+    let prev_snap = prev
+        .as_ref()
+        .and_then(|r| serde_json::from_str::<Snapshot>(&r.snapshot).ok());
+    match &prev {
+        Some(row) if to_micros(ev.updated_at) < row.source_updated_at => {
             events.push(
-                NewEvent::new("ticket.snapshot", "warrant", snapshot_summary(&snap))
-                    .ticket(key.as_str()),
+                NewEvent::new(
+                    "ticket.stale",
+                    "warrant",
+                    json!({ "delivery": d.id, "updated_at": rfc3339(ev.updated_at) }),
+                )
+                .ticket(key.as_str()),
             );
+            return Ok(Outcome::Accepted(Some(key)));
         }
-        reconcile_with(conn, config, now, &snap, &mut events)?;
-        audit::append(conn, now, events)?;
-        Ok(Outcome::Accepted(Some(key)))
-    })
+        _ => {}
+    }
+    let snap = merge(prev_snap.as_ref(), ev);
+    if prev_snap.as_ref() != Some(&snap) {
+        save_snapshot(conn, &snap, prev.is_some(), now)?;
+        events.push(
+            NewEvent::new("ticket.snapshot", "warrant", snapshot_summary(&snap))
+                .ticket(key.as_str()),
+        );
+    }
+    let stored = prev.as_ref().and_then(|r| r.decision.as_deref());
+    reconcile_with(conn, config, now, &snap, stored, events)?;
+    Ok(Outcome::Accepted(Some(key)))
 }
 
 fn snapshot_summary(s: &Snapshot) -> serde_json::Value {
@@ -207,7 +208,14 @@ pub fn reconcile_ticket(
         let snap: Snapshot =
             serde_json::from_str(&row.snapshot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut events = Vec::new();
-        reconcile_with(conn, config, now, &snap, &mut events)?;
+        reconcile_with(
+            conn,
+            config,
+            now,
+            &snap,
+            row.decision.as_deref(),
+            &mut events,
+        )?;
         audit::append(conn, now, events)?;
         Ok(true)
     })
@@ -223,11 +231,12 @@ fn reconcile_with(
     config: &Config,
     now: DateTime<Utc>,
     snap: &Snapshot,
+    stored_decision: Option<&str>,
     events: &mut Vec<NewEvent>,
 ) -> Result<(), StoreError> {
     let key = snap.key.as_str();
     let decision = decide(snap, config, now);
-    record_decision(conn, config, key, &decision, now, events)?;
+    record_decision(conn, config, key, &decision, stored_decision, now, events)?;
     let all = crate::grants::of_ticket(conn, key)?;
     // A pipeline's grant answers to the ticket for its own principal and
     // resource, not to the decision about the ticket's human subject.
@@ -354,9 +363,17 @@ fn record_decision(
     config: &Config,
     key: &str,
     decision: &Decision,
+    stored: Option<&str>,
     now: DateTime<Utc>,
     events: &mut Vec<NewEvent>,
 ) -> Result<(), StoreError> {
+    let summary =
+        serde_json::to_string(decision).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // The ticket row keeps the last recorded decision: the same one again
+    // is not news, and needs no look-up of the history.
+    if stored == Some(summary.as_str()) {
+        return Ok(());
+    }
     let outcome = match decision {
         Decision::Warrant(_) => "warrant",
         Decision::Deny { .. } => "deny",
@@ -383,8 +400,6 @@ fn record_decision(
             decisions::detail.eq(&detail),
         ))
         .execute(c))?;
-    let summary =
-        serde_json::to_string(decision).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     dispatch!(conn, c => diesel::update(tickets::table.find(key)).set(tickets::decision.eq(&summary)).execute(c))?;
     events.push(
         NewEvent::new(

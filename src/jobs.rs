@@ -12,11 +12,11 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use rand::Rng;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
-use crate::audit::{self, NewEvent};
+use crate::audit::NewEvent;
 use crate::db::schema::{grants, jobs};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
@@ -176,44 +176,52 @@ enum Finish {
         attempts: i32,
         error: Option<String>,
     },
+    /// Already written, in the transaction of the run's last step.
+    Settled,
 }
 
-fn finish(db: &Db, job: &JobRow, how: Finish) -> Result<(), StoreError> {
-    db.write(|conn| {
-        let n = match &how {
-            Finish::Done => dispatch!(conn, c => diesel::delete(
-                jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
-            )
-            .execute(c))?,
-            Finish::Gone => {
-                dispatch!(conn, c => diesel::delete(jobs::table.filter(jobs::id.eq(job.id))).execute(c))?
-                    .max(1)
-            }
-            Finish::At {
-                run_at,
-                attempts,
-                error,
-            } => dispatch!(conn, c => diesel::update(
-                jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
-            )
-            .set((
-                jobs::run_at.eq(to_micros(*run_at)),
-                jobs::attempts.eq(*attempts),
-                jobs::last_error.eq(error),
-                jobs::locked_by.eq(None::<String>),
-                jobs::locked_until.eq(None::<i64>),
-            ))
-            .execute(c))?,
-        };
-        if n == 0 {
-            // Someone rescheduled the job while it ran (a revocation, say):
-            // their schedule wins; only the lease is released.
-            dispatch!(conn, c => diesel::update(jobs::table.filter(jobs::id.eq(job.id)))
-                .set((jobs::locked_by.eq(None::<String>), jobs::locked_until.eq(None::<i64>)))
-                .execute(c))?;
+impl Finish {
+    fn succeeded(&self) -> bool {
+        !matches!(self, Finish::At { error: Some(_), .. })
+    }
+}
+
+/// Settles the job's row inside the caller's transaction.
+fn finish_in(conn: &mut Conn<'_>, job: &JobRow, how: &Finish) -> Result<(), StoreError> {
+    let n = match how {
+        Finish::Settled => return Ok(()),
+        Finish::Done => dispatch!(conn, c => diesel::delete(
+            jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
+        )
+        .execute(c))?,
+        Finish::Gone => {
+            dispatch!(conn, c => diesel::delete(jobs::table.filter(jobs::id.eq(job.id))).execute(c))?
+                .max(1)
         }
-        Ok(())
-    })
+        Finish::At {
+            run_at,
+            attempts,
+            error,
+        } => dispatch!(conn, c => diesel::update(
+            jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
+        )
+        .set((
+            jobs::run_at.eq(to_micros(*run_at)),
+            jobs::attempts.eq(*attempts),
+            jobs::last_error.eq(error),
+            jobs::locked_by.eq(None::<String>),
+            jobs::locked_until.eq(None::<i64>),
+        ))
+        .execute(c))?,
+    };
+    if n == 0 {
+        // Someone rescheduled the job while it ran (a revocation, say):
+        // their schedule wins; only the lease is released.
+        dispatch!(conn, c => diesel::update(jobs::table.filter(jobs::id.eq(job.id)))
+            .set((jobs::locked_by.eq(None::<String>), jobs::locked_until.eq(None::<i64>)))
+            .execute(c))?;
+    }
+    Ok(())
 }
 
 fn backoff(state: &AppState, attempts: i32) -> Duration {
@@ -227,50 +235,54 @@ fn backoff(state: &AppState, attempts: i32) -> Duration {
     Duration::milliseconds(jittered.max(1))
 }
 
-/// Claims one batch of due jobs and runs them; returns how many ran.
-pub async fn run_due(state: &Arc<AppState>) -> Result<usize, StoreError> {
+/// Claims up to `limit` due jobs under this instance's lease.
+async fn claim_due(state: &Arc<AppState>, limit: usize) -> Result<Vec<JobRow>, StoreError> {
     let now = state.clock.now();
-    let limit = state.config.jobs.concurrency as i64;
-    let db = state.db.clone();
     let instance = state.instance.clone();
     let lease = state.config.jobs.lease.0;
-    let claimed = tokio::task::spawn_blocking(move || claim(&db, &instance, now, lease, limit))
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-    let n = claimed.len();
-    let runs = claimed.into_iter().map(|job| {
-        let state = state.clone();
-        async move {
-            let kind = job.kind.clone();
-            let outcome = match run_job(&state, &job).await {
-                Ok(how) => {
-                    let ok = matches!(how, Finish::Done | Finish::Gone)
-                        || matches!(&how, Finish::At { error: None, .. });
-                    let db = state.db.clone();
-                    let r = tokio::task::spawn_blocking(move || finish(&db, &job, how)).await;
-                    match r {
-                        Ok(Ok(())) if ok => "ok",
-                        Ok(Ok(())) => "retry",
-                        _ => "error",
-                    }
-                }
-                Err(e) => {
-                    // The lease runs out and the job is taken up again.
-                    tracing::warn!(error = %e, job = job.id, "job could not run");
-                    "error"
-                }
+    blocking(state, move |db| {
+        claim(db, &instance, now, lease, limit as i64)
+    })
+    .await
+}
+
+/// Runs one claimed job and settles its row.
+async fn run_one(state: &Arc<AppState>, job: JobRow) {
+    let kind = job.kind.clone();
+    let outcome = match run_job(state, &job).await {
+        Ok(how) => {
+            let ok = how.succeeded();
+            let settled = match how {
+                Finish::Settled => Ok(()),
+                how => blocking(state, move |db| db.write(|c| finish_in(c, &job, &how))).await,
             };
-            state
-                .metrics
-                .jobs
-                .get_or_create(&JobLabels {
-                    kind,
-                    outcome: outcome.into(),
-                })
-                .inc();
+            match settled {
+                Ok(()) if ok => "ok",
+                Ok(()) => "retry",
+                Err(_) => "error",
+            }
         }
-    });
-    futures_util::future::join_all(runs).await;
+        Err(e) => {
+            // The lease runs out and the job is taken up again.
+            tracing::warn!(error = %e, job = job.id, "job could not run");
+            "error"
+        }
+    };
+    state
+        .metrics
+        .jobs
+        .get_or_create(&JobLabels {
+            kind,
+            outcome: outcome.into(),
+        })
+        .inc();
+}
+
+/// Claims one batch of due jobs and runs them all; returns how many ran.
+pub async fn run_due(state: &Arc<AppState>) -> Result<usize, StoreError> {
+    let claimed = claim_due(state, state.config.jobs.concurrency).await?;
+    let n = claimed.len();
+    futures_util::future::join_all(claimed.into_iter().map(|job| run_one(state, job))).await;
     Ok(n)
 }
 
@@ -331,17 +343,16 @@ async fn run_backlink_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish,
                 });
             }
         };
-    blocking(state, move |db| {
-        db.write(|conn| {
-            audit::append(
-                conn,
-                now,
-                vec![NewEvent::new(kind, "warrant", data).ticket(ticket)],
-            )
+    let job = job.clone();
+    let key = ticket.clone();
+    state
+        .commit
+        .submit(&key, now, move |conn, events| {
+            events.push(NewEvent::new(kind, "warrant", data.clone()).ticket(&ticket));
+            finish_in(conn, &job, &finish)
         })
-    })
-    .await?;
-    Ok(finish)
+        .await?;
+    Ok(Finish::Settled)
 }
 
 /// Moves one grant one or more steps along its life.
@@ -359,12 +370,19 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     let attempts = job.attempts;
+    // The grant as the last step left it, so the next step needs no read.
+    let mut known: Option<GrantRow> = None;
     for _ in 0..4 {
         let now = state.clock.now();
-        let gid = id.clone();
-        let Some(g) = blocking(state, move |db| db.read(|c| crate::grants::get(c, &gid))).await?
-        else {
-            return Ok(Finish::Done);
+        let g = match known.take() {
+            Some(g) => g,
+            None => {
+                let gid = id.clone();
+                match blocking(state, move |db| db.read(|c| crate::grants::get(c, &gid))).await? {
+                    Some(g) => g,
+                    None => return Ok(Finish::Done),
+                }
+            }
         };
         let expires_at = from_micros(g.expires_at);
         match g.state() {
@@ -377,53 +395,34 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
                         error: None,
                     });
                 }
-                transition(
-                    state,
-                    &g,
-                    GrantState::Pending,
-                    GrantState::Granting,
-                    now,
-                    None,
-                )
-                .await?;
+                let step = Step::new(GrantState::Pending, GrantState::Granting, now);
+                transition(state, &g, step).await?;
             }
             GrantState::Granting if now >= expires_at => {
-                timer_revoke(state, &g, now).await?;
+                known = timer_revoke(state, &g, now).await?;
             }
             GrantState::Granting => {
                 match providers::call(state, &g, Action::Grant).await {
                     Ok(()) => {
-                        let applied = transition(
-                            state,
-                            &g,
-                            GrantState::Granting,
-                            GrantState::Active,
-                            now,
-                            None,
-                        )
-                        .await?;
-                        if !applied {
-                            continue;
+                        let step = Step::new(GrantState::Granting, GrantState::Active, now).then(
+                            job,
+                            Finish::At {
+                                run_at: expires_at,
+                                attempts: 0,
+                                error: None,
+                            },
+                        );
+                        if transition(state, &g, step).await? {
+                            return Ok(Finish::Settled);
                         }
-                        return Ok(Finish::At {
-                            run_at: expires_at,
-                            attempts: 0,
-                            error: None,
-                        });
                     }
                     Err(e) => {
                         let n = attempts + 1;
                         let msg = e.to_string();
                         if n >= state.config.jobs.apply_attempts as i32 {
-                            transition(
-                                state,
-                                &g,
-                                GrantState::Granting,
-                                GrantState::Failed,
-                                now,
-                                Some(&msg),
-                            )
-                            .await?;
+                            let step = Step::new(GrantState::Granting, GrantState::Failed, now)
+                                .failure(&msg);
+                            transition(state, &g, step).await?;
                             // A timed-out call may have landed: take it back, forever if need be.
                             let gid = g.id.clone();
                             blocking(state, move |db| {
@@ -451,7 +450,7 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
                 }
             }
             GrantState::Active if now >= expires_at => {
-                timer_revoke(state, &g, now).await?;
+                known = timer_revoke(state, &g, now).await?;
             }
             GrantState::Active => {
                 return Ok(Finish::At {
@@ -462,22 +461,15 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
             }
             GrantState::Revoking => match providers::call(state, &g, Action::Revoke).await {
                 Ok(()) => {
-                    if transition(
-                        state,
-                        &g,
-                        GrantState::Revoking,
-                        GrantState::Revoked,
-                        now,
-                        None,
-                    )
-                    .await?
-                    {
+                    let step = Step::new(GrantState::Revoking, GrantState::Revoked, now)
+                        .then(job, Finish::Gone);
+                    if transition(state, &g, step).await? {
                         if g.revoke_reason.as_deref() == Some(RevokeReason::Expired.as_str()) {
                             let lag =
                                 (now - expires_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
                             state.metrics.revocation_lag.observe(lag.max(0.0));
                         }
-                        return Ok(Finish::Gone);
+                        return Ok(Finish::Settled);
                     }
                 }
                 Err(e) => {
@@ -510,17 +502,19 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
     })
 }
 
-/// The grant's window is over: start revoking it.
+/// The grant's window is over: start revoking it. Answers the grant as the
+/// revocation left it.
 async fn timer_revoke(
     state: &Arc<AppState>,
     g: &GrantRow,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<Option<GrantRow>, StoreError> {
     let g = g.clone();
     let config = state.config.clone();
-    blocking(state, move |db| {
-        db.write(|conn| {
-            let mut events = Vec::new();
+    let key = g.ticket.clone();
+    state
+        .commit
+        .submit(&key, now, move |conn, events| {
             crate::engine::revoke(
                 conn,
                 &config,
@@ -529,28 +523,54 @@ async fn timer_revoke(
                 "timer",
                 None,
                 now,
-                &mut events,
+                events,
             )?;
-            audit::append(conn, now, events)
+            crate::grants::get(conn, &g.id)
         })
-    })
-    .await
+        .await
 }
 
-/// Moves a grant from one state to the next if it is still in the first.
-async fn transition(
-    state: &Arc<AppState>,
-    g: &GrantRow,
+/// One step of a grant's life: from one state to the next, and optionally
+/// the job's own row settled in the same transaction.
+struct Step {
     from: GrantState,
     to: GrantState,
     now: DateTime<Utc>,
-    failure: Option<&str>,
-) -> Result<bool, StoreError> {
+    failure: Option<String>,
+    then: Option<(JobRow, Finish)>,
+}
+
+impl Step {
+    fn new(from: GrantState, to: GrantState, now: DateTime<Utc>) -> Step {
+        Step {
+            from,
+            to,
+            now,
+            failure: None,
+            then: None,
+        }
+    }
+    fn failure(mut self, why: &str) -> Step {
+        self.failure = Some(why.to_string());
+        self
+    }
+    fn then(mut self, job: &JobRow, how: Finish) -> Step {
+        self.then = Some((job.clone(), how));
+        self
+    }
+}
+
+/// Takes the step if the grant is still in its first state; answers whether
+/// it did. The job's row is settled only when the step is taken.
+async fn transition(state: &Arc<AppState>, g: &GrantRow, step: Step) -> Result<bool, StoreError> {
     let g = g.clone();
-    let failure = failure.map(str::to_string);
     let config = state.config.clone();
-    blocking(state, move |db| {
-        db.write(|conn| {
+    let key = g.ticket.clone();
+    let now = step.now;
+    state
+        .commit
+        .submit(&key, now, move |conn, events| {
+            let Step { from, to, ref failure, ref then, .. } = step;
             let at = to_micros(now);
             let n = dispatch!(conn, c => diesel::update(grants::table.find(&g.id).filter(grants::state.eq(from.as_str())))
                 .set((grants::state.eq(to.as_str()), grants::updated_at.eq(at)))
@@ -572,17 +592,19 @@ async fn transition(
                     ("grant.revoked", json!({ "reason": g.revoke_reason, "applied": true }))
                 }
                 GrantState::Failed => {
-                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::failure.eq(&failure)).execute(c))?;
+                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::failure.eq(failure)).execute(c))?;
                     ("grant.failed", json!({ "error": failure }))
                 }
                 GrantState::Granting => ("grant.starting", json!({})),
                 other => ("grant.state", json!({ "state": other })),
             };
-            audit::append(conn, now, vec![NewEvent::new(kind, "warrant", data).ticket(&g.ticket).grant(&g.id)])?;
+            events.push(NewEvent::new(kind, "warrant", data).ticket(&g.ticket).grant(&g.id));
+            if let Some((job, how)) = then {
+                finish_in(conn, job, how)?;
+            }
             Ok(true)
         })
-    })
-    .await
+        .await
 }
 
 /// Records a failed provider call and schedules the next attempt.
@@ -611,18 +633,17 @@ async fn audit_only(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (ticket, id) = (g.ticket.clone(), g.id.clone());
-    blocking(state, move |db| {
-        db.write(|conn| {
-            audit::append(
-                conn,
-                now,
-                vec![NewEvent::new(kind, "warrant", data)
-                    .ticket(ticket)
-                    .grant(id)],
-            )
+    state
+        .commit
+        .submit(&g.ticket, now, move |_conn, events| {
+            events.push(
+                NewEvent::new(kind, "warrant", data.clone())
+                    .ticket(&ticket)
+                    .grant(&id),
+            );
+            Ok(())
         })
-    })
-    .await
+        .await
 }
 
 /// The safety net: any grant still needing work but without a job gets one.
@@ -660,16 +681,45 @@ impl RunnerHandle {
 }
 
 impl Runner {
+    /// Keeps up to `jobs.concurrency` jobs running: as soon as one ends its
+    /// slot is filled from the due jobs, so one slow provider call never
+    /// holds back the rest.
     pub fn spawn(state: Arc<AppState>) -> RunnerHandle {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
+            let concurrency = state.config.jobs.concurrency.max(1);
+            let slots = Arc::new(Semaphore::new(concurrency));
+            let freed = Arc::new(tokio::sync::Notify::new());
             let mut last_sweep: Option<DateTime<Utc>> = None;
             loop {
                 if *stopped.borrow() {
                     break;
                 }
-                let wait = match run_due(&state).await {
-                    Ok(n) if n > 0 => continue,
+                let free = slots.available_permits();
+                if free == 0 {
+                    tokio::select! {
+                        _ = stopped.changed() => {}
+                        _ = freed.notified() => {}
+                    }
+                    continue;
+                }
+                let wait = match claim_due(&state, free).await {
+                    Ok(claimed) if !claimed.is_empty() => {
+                        for job in claimed {
+                            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                                // Cannot happen (only this loop takes slots);
+                                // the lease would hand the job on anyway.
+                                break;
+                            };
+                            let (st, freed) = (state.clone(), freed.clone());
+                            tokio::spawn(async move {
+                                run_one(&st, job).await;
+                                drop(permit);
+                                freed.notify_one();
+                            });
+                        }
+                        continue;
+                    }
                     Ok(_) => {
                         let now = state.clock.now();
                         if last_sweep.is_none_or(|t| now - t >= state.config.jobs.sweep_interval.0)
@@ -696,9 +746,13 @@ impl Runner {
                 tokio::select! {
                     _ = stopped.changed() => {}
                     _ = state.wake.notified() => {}
+                    // A job that ended may have left work due now.
+                    _ = freed.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
+            // Jobs in flight finish before the runner reports stopped.
+            let _ = slots.acquire_many(concurrency as u32).await;
         });
         RunnerHandle { stop, task }
     }

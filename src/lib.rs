@@ -12,6 +12,7 @@ pub mod backlinks;
 pub mod ci;
 pub mod cli;
 pub mod clock;
+pub mod commit;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub overdue_revocations: Gauge<i64, AtomicI64Wrap>,
     pub jobs_due: Gauge<i64, AtomicI64Wrap>,
     pub revocation_lag: Histogram,
+    /// Units per group-commit transaction.
+    pub commit_batch: Histogram,
 }
 
 pub type AtomicI64Wrap = std::sync::atomic::AtomicI64;
@@ -71,6 +73,7 @@ impl Metrics {
         let overdue_revocations = Gauge::<i64, AtomicI64Wrap>::default();
         let jobs_due = Gauge::<i64, AtomicI64Wrap>::default();
         let revocation_lag = latency_histogram();
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -99,6 +102,11 @@ impl Metrics {
             "From a grant's expiry to its revocation at the provider",
             revocation_lag.clone(),
         );
+        registry.register(
+            "commit_batch_units",
+            "Writes sharing one group-commit transaction",
+            commit_batch.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -109,6 +117,7 @@ impl Metrics {
             overdue_revocations,
             jobs_due,
             revocation_lag,
+            commit_batch,
         }
     }
 

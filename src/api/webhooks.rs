@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::api::error::{blocking, ApiError};
+use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::config::whsec_key;
 use crate::domain::Source;
@@ -105,10 +105,7 @@ async fn receive(
         .inc();
     let (outcome, delivery) = result?;
     let (status, ticket) = match outcome {
-        Outcome::Accepted(t) => {
-            state.wake.notify_one();
-            ("accepted", t.map(|k| k.to_string()))
-        }
+        Outcome::Accepted(t) => ("accepted", t.map(|k| k.to_string())),
         Outcome::Duplicate(t) => ("duplicate", t),
         Outcome::Ignored(t) => ("ignored", t.map(|k| k.to_string())),
     };
@@ -189,7 +186,29 @@ async fn receive_configured(
         body_sha256: hex::encode(Sha256::digest(&body)),
         parsed,
     };
-    let st = state.clone();
-    let outcome = blocking(move || Ok(engine::ingest(&st.db, &st.config, now, delivery)?)).await?;
+    let config = state.config.clone();
+    let lane = match &delivery.parsed {
+        Parsed::Ticket(ev) => ev.key.to_string(),
+        Parsed::Ignored {
+            ticket: Some(k), ..
+        } => k.to_string(),
+        Parsed::Ignored { ticket: None, .. } => id.clone(),
+    };
+    let (outcome, queued) = state
+        .commit
+        .submit(&lane, now, move |conn, events| {
+            let before = events.len();
+            let outcome = engine::ingest_in(conn, &config, now, &delivery, events)?;
+            // Only these changes schedule jobs; anything else leaves the
+            // runner asleep.
+            let queued = events[before..]
+                .iter()
+                .any(|e| matches!(e.kind, "grant.created" | "revoke.requested" | "decision"));
+            Ok((outcome, queued))
+        })
+        .await?;
+    if queued {
+        state.wake.notify_one();
+    }
     Ok((outcome, id))
 }
