@@ -6,7 +6,7 @@
 //! enqueues one.
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
+use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -25,7 +25,7 @@ use crate::grants::GrantRow;
 use crate::metrics::JobLabels;
 use crate::providers::{self, Action};
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = jobs)]
 pub struct JobRow {
     pub id: i64,
@@ -97,7 +97,8 @@ pub fn delete_grant_job(conn: &mut Conn<'_>, grant_id: &str) -> Result<(), Store
     Ok(())
 }
 
-/// Takes up to `limit` due jobs for this instance, under a lease.
+/// Takes up to `limit` due jobs for this instance, under a lease, in one
+/// statement.
 pub fn claim(
     db: &Db,
     instance: &str,
@@ -105,47 +106,55 @@ pub fn claim(
     lease: Duration,
     limit: i64,
 ) -> Result<Vec<JobRow>, StoreError> {
+    use diesel::sql_types::{BigInt, Text};
     let now_us = to_micros(now);
     let until = to_micros(now + lease);
-    db.write(|conn| {
-        let ids: Vec<i64> = match conn {
-            Conn::Postgres(c) => jobs::table
-                .filter(jobs::run_at.le(now_us))
-                .filter(
-                    jobs::locked_until
-                        .is_null()
-                        .or(jobs::locked_until.lt(now_us)),
-                )
-                .order(jobs::run_at.asc())
-                .limit(limit)
-                .select(jobs::id)
-                .for_update()
-                .skip_locked()
-                .load(&mut **c)?,
-            Conn::Sqlite(c) => jobs::table
-                .filter(jobs::run_at.le(now_us))
-                .filter(
-                    jobs::locked_until
-                        .is_null()
-                        .or(jobs::locked_until.lt(now_us)),
-                )
-                .order(jobs::run_at.asc())
-                .limit(limit)
-                .select(jobs::id)
-                .load(&mut **c)?,
-        };
-        if ids.is_empty() {
+    const DUE: &str = "SELECT id FROM jobs WHERE run_at <= $1 \
+                       AND (locked_until IS NULL OR locked_until < $1) ORDER BY run_at LIMIT $2";
+    const RETURNING: &str = "RETURNING id, kind, dedupe_key, payload, run_at, attempts, \
+                             last_error, locked_by, locked_until, version, created_at";
+    if db.backend() == "sqlite" {
+        // SQLite's one write lock is not taken just to learn there is nothing to do.
+        let any: Vec<JobId> = db.read(|conn| {
+            Ok(
+                dispatch!(conn, c => diesel::sql_query(DUE.replace('$', "?"))
+                .bind::<BigInt, _>(now_us)
+                .bind::<BigInt, _>(1i64)
+                .load(c))?,
+            )
+        })?;
+        if any.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(conn, c => diesel::update(jobs::table.filter(jobs::id.eq_any(&ids)))
-            .set((jobs::locked_by.eq(instance), jobs::locked_until.eq(until)))
-            .execute(c))?;
-        Ok(dispatch!(conn, c => jobs::table
-            .filter(jobs::id.eq_any(&ids))
-            .order(jobs::run_at.asc())
-            .select(JobRow::as_select())
+    }
+    let mut claimed: Vec<JobRow> = db.write(|conn| {
+        let sql = match conn {
+            Conn::Postgres(_) => format!(
+                "UPDATE jobs SET locked_by = $3, locked_until = $4 \
+                 WHERE id IN ({DUE} FOR UPDATE SKIP LOCKED) {RETURNING}"
+            ),
+            // SQLite numbers `$N` parameters by first appearance; `?N` by N.
+            Conn::Sqlite(_) => format!(
+                "UPDATE jobs SET locked_by = $3, locked_until = $4 WHERE id IN ({DUE}) {RETURNING}"
+            )
+            .replace('$', "?"),
+        };
+        Ok(dispatch!(conn, c => diesel::sql_query(&sql)
+            .bind::<BigInt, _>(now_us)
+            .bind::<BigInt, _>(limit)
+            .bind::<Text, _>(instance)
+            .bind::<BigInt, _>(until)
             .load(c))?)
-    })
+    })?;
+    claimed.sort_by_key(|j| (j.run_at, j.id));
+    Ok(claimed)
+}
+
+#[derive(QueryableByName)]
+struct JobId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    #[allow(dead_code)]
+    id: i64,
 }
 
 /// The next time any job falls due, if there is one.
@@ -667,6 +676,9 @@ pub fn sweep(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
 
 pub struct Runner;
 
+/// How long a looked-up next due time is trusted.
+const RECHECK: StdDuration = StdDuration::from_millis(20);
+
 pub struct RunnerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -691,6 +703,7 @@ impl Runner {
             let slots = Arc::new(Semaphore::new(concurrency));
             let freed = Arc::new(tokio::sync::Notify::new());
             let mut last_sweep: Option<DateTime<Utc>> = None;
+            let mut next_known: Option<(Instant, Option<DateTime<Utc>>)> = None;
             loop {
                 if *stopped.borrow() {
                     break;
@@ -729,13 +742,24 @@ impl Runner {
                                 tracing::warn!(error = %e, "sweep failed");
                             }
                         }
-                        match blocking(&state, next_due).await {
-                            Ok(Some(t)) => (t - now)
-                                .to_std()
-                                .unwrap_or(StdDuration::ZERO)
-                                .min(StdDuration::from_secs(1)),
-                            Ok(None) => StdDuration::from_secs(1),
-                            Err(_) => StdDuration::from_secs(1),
+                        // Under load the runner wakes hundreds of times a
+                        // second; the next due time is looked up at most
+                        // every RECHECK, and the sleep never runs past it.
+                        let fresh = next_known.filter(|(checked, _)| checked.elapsed() < RECHECK);
+                        let next = match fresh {
+                            Some((_, next)) => Ok(next),
+                            None => blocking(&state, next_due).await.inspect(|next| {
+                                next_known = Some((Instant::now(), *next));
+                            }),
+                        };
+                        let cap = if fresh.is_some() {
+                            RECHECK
+                        } else {
+                            StdDuration::from_secs(1)
+                        };
+                        match next {
+                            Ok(Some(t)) => (t - now).to_std().unwrap_or(StdDuration::ZERO).min(cap),
+                            Ok(None) | Err(_) => cap,
                         }
                     }
                     Err(e) => {

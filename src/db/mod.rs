@@ -200,6 +200,7 @@ impl Db {
                         .min_idle(Some(0))
                         .connection_timeout(timeout)
                         .connection_customizer(Box::new(SqliteSetup))
+                        .test_on_check_out(false)
                         .build_unchecked(manager),
                     Arc::new(Mutex::new(())),
                 )
@@ -212,6 +213,10 @@ impl Db {
                         .min_idle(Some(0))
                         .connection_timeout(timeout)
                         .connection_customizer(Box::new(PgSetup))
+                        // A broken connection fails its query, which maps to
+                        // 503; a test query on every check-out would cost a
+                        // round trip per transaction.
+                        .test_on_check_out(false)
                         .build_unchecked(manager),
                 )
             }

@@ -629,7 +629,43 @@ struct Count {
     n: i64,
 }
 
+/// A claimed job stays with its claimant for the lease, and no one else
+/// (nor the claimant) takes it again until the lease runs out.
+async fn a_claim_holds_its_lease(backend: Backend) {
+    let app = app!(backend);
+    open_and_approve(&app, payloads::form("hooks/orders-db", "2h", None)).await;
+    let now = warrant::clock::Clock::now(&app.clock);
+    let lease = Duration::seconds(60);
+    let db = app.state.db.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        let first = warrant::jobs::claim(&db, "one", now, lease, 10).unwrap();
+        let again =
+            warrant::jobs::claim(&db, "two", now + Duration::seconds(59), lease, 10).unwrap();
+        assert!(
+            again.is_empty(),
+            "claimed twice within the lease: {again:?}"
+        );
+        let after =
+            warrant::jobs::claim(&db, "two", now + Duration::seconds(61), lease, 10).unwrap();
+        assert_eq!(
+            after.len(),
+            first.len(),
+            "taken up again once the lease ran out"
+        );
+        first
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].locked_by.as_deref(), Some("one"));
+    assert_eq!(
+        first[0].locked_until,
+        Some(warrant::domain::to_micros(now + lease))
+    );
+}
+
 backend_tests!(
+    a_claim_holds_its_lease,
     github_grant_then_close,
     timer_expiry_revokes,
     approval_withdrawn_and_request_changed,

@@ -80,7 +80,8 @@ async fn database_outage_and_recovery() {
     let serve = Serve::start(&config, port);
     serve.ready().await;
 
-    serve.approved(1, "3s").await;
+    // Long enough that the grant cannot expire before the cut on a busy machine.
+    serve.approved(1, "8s").await;
     wait_for("grant active", Duration::from_secs(20), || async {
         serve
             .grants()
@@ -107,7 +108,7 @@ async fn database_outage_and_recovery() {
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
     // The grant's window ends while the database is away.
-    wait_for("the grant's expiry", Duration::from_secs(10), || async {
+    wait_for("the grant's expiry", Duration::from_secs(20), || async {
         chrono::Utc::now() > expires_at + chrono::Duration::milliseconds(500)
     })
     .await;
