@@ -99,14 +99,19 @@ impl AppState {
         let ci = crate::ci::oidc::Verifier::new(&config);
         let tokens = crate::providers::token::KeyRing::new(&config).map_err(AppError::Keys)?;
         let metrics = Arc::new(Metrics::new());
-        let commit =
-            crate::commit::Committer::start(db.clone(), config.database.writers, metrics.clone());
+        let config = Arc::new(config);
+        let commit = crate::commit::Committer::start(
+            db.clone(),
+            config.clone(),
+            config.database.writers,
+            metrics.clone(),
+        );
         Ok(AppState {
             commit,
             providers,
             ci,
             tokens,
-            config: Arc::new(config),
+            config,
             db,
             clock,
             metrics,

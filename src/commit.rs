@@ -20,7 +20,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, NewEvent};
+use crate::config::Config;
 use crate::db::{Conn, Db, StoreError};
+use crate::engine::{self, Delivery, Ingested};
 use crate::metrics::Metrics;
 
 /// The most units one transaction takes: enough to share a commit among
@@ -68,11 +70,24 @@ impl<T: Send> Unit for Typed<T> {
     }
 }
 
+/// A webhook delivery: these are taken together, so that a batch reads
+/// and writes its tickets once (`engine::ingest_batch`).
+struct Intake {
+    at: DateTime<Utc>,
+    delivery: Delivery,
+    reply: oneshot::Sender<Result<Ingested, StoreError>>,
+}
+
+enum Queued {
+    Intake(Box<Intake>),
+    Other(Box<dyn Unit>),
+}
+
 /// The lanes. Cheap to clone; the writer threads stop when the last clone
 /// is dropped.
 #[derive(Clone)]
 pub struct Committer {
-    lanes: Arc<Vec<mpsc::Sender<Box<dyn Unit>>>>,
+    lanes: Arc<Vec<mpsc::Sender<Queued>>>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -83,7 +98,7 @@ impl std::fmt::Debug for Committer {
 
 impl Committer {
     /// Starts `lanes` writer threads (SQLite has one writer, so it gets one).
-    pub fn start(db: Db, lanes: usize, metrics: Arc<Metrics>) -> Committer {
+    pub fn start(db: Db, config: Arc<Config>, lanes: usize, metrics: Arc<Metrics>) -> Committer {
         let lanes = if db.backend() == "sqlite" {
             1
         } else {
@@ -91,12 +106,12 @@ impl Committer {
         };
         let senders = (0..lanes)
             .map(|i| {
-                let (tx, rx) = mpsc::channel::<Box<dyn Unit>>(QUEUE);
+                let (tx, rx) = mpsc::channel::<Queued>(QUEUE);
                 let db = db.clone();
-                let metrics = metrics.clone();
+                let (config, metrics) = (config.clone(), metrics.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("warrant-commit-{i}"))
-                    .spawn(move || lane(db, rx, metrics));
+                    .spawn(move || lane(db, config, rx, metrics));
                 if let Err(e) = spawned {
                     // Without its thread the lane's receiver is gone and
                     // every submit to it answers 503.
@@ -126,14 +141,38 @@ impl Committer {
             out: None,
             reply,
         });
-        let lane = &self.lanes[lane_of(key, self.lanes.len())];
-        lane.send(unit)
-            .await
-            .map_err(|_| StoreError::Unavailable("the commit lane has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the commit lane has stopped".into()))?
+        self.send(key, Queued::Other(unit)).await?;
+        answer.await.map_err(|_| stopped())?
     }
+
+    /// Records a verified, parsed delivery (in the lane of `key`, its
+    /// ticket) and answers once it is committed.
+    pub async fn ingest(
+        &self,
+        key: &str,
+        at: DateTime<Utc>,
+        delivery: Delivery,
+    ) -> Result<Ingested, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let intake = Intake {
+            at,
+            delivery,
+            reply,
+        };
+        self.send(key, Queued::Intake(Box::new(intake))).await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn send(&self, key: &str, q: Queued) -> Result<(), StoreError> {
+        self.lanes[lane_of(key, self.lanes.len())]
+            .send(q)
+            .await
+            .map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the commit lane has stopped".into())
 }
 
 fn lane_of(key: &str, lanes: usize) -> usize {
@@ -145,7 +184,7 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-fn lane(db: Db, mut rx: mpsc::Receiver<Box<dyn Unit>>, metrics: Arc<Metrics>) {
+fn lane(db: Db, config: Arc<Config>, mut rx: mpsc::Receiver<Queued>, metrics: Arc<Metrics>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -155,27 +194,40 @@ fn lane(db: Db, mut rx: mpsc::Receiver<Box<dyn Unit>>, metrics: Arc<Metrics>) {
             }
         }
         metrics.commit_batch.observe(batch.len() as f64);
-        run_batch(&db, batch);
+        run_batch(&db, &config, batch);
     }
 }
 
-fn run_batch(db: &Db, mut batch: Vec<Box<dyn Unit>>) {
+fn run_batch(db: &Db, config: &Config, mut batch: Vec<Queued>) {
     if batch.len() > 1 {
         // A deadlock with another replica or a dropped connection is worth
         // one more try of the whole batch before it is split.
         let mut tries = 0;
         loop {
             tries += 1;
-            match together(db, &mut batch) {
-                Ok(()) => {
-                    for u in batch {
-                        u.complete(Ok(()));
+            match together(db, config, &mut batch) {
+                Ok(ingested) => {
+                    let mut ingested = ingested.into_iter();
+                    for q in batch {
+                        match q {
+                            Queued::Intake(i) => {
+                                let answer = ingested.next().ok_or_else(stopped);
+                                let _ = i.reply.send(answer);
+                            }
+                            Queued::Other(u) => u.complete(Ok(())),
+                        }
                     }
                     return;
                 }
                 Err(StoreError::Unavailable(why)) if tries >= 2 => {
-                    for u in batch {
-                        u.complete(Err(StoreError::Unavailable(why.clone())));
+                    for q in batch {
+                        let e = StoreError::Unavailable(why.clone());
+                        match q {
+                            Queued::Intake(i) => {
+                                let _ = i.reply.send(Err(e));
+                            }
+                            Queued::Other(u) => u.complete(Err(e)),
+                        }
                     }
                     return;
                 }
@@ -187,26 +239,61 @@ fn run_batch(db: &Db, mut batch: Vec<Box<dyn Unit>>) {
             }
         }
     }
-    for mut u in batch {
-        let at = u.at();
-        let result = db.write(|conn| {
-            let mut events = Vec::new();
-            u.run(conn, &mut events)?;
-            audit::append(conn, at, events)
-        });
-        u.complete(result);
+    for q in batch {
+        match q {
+            Queued::Intake(i) => {
+                let result = db.write(|conn| {
+                    let mut one = engine::ingest_batch(conn, config, &[(i.at, &i.delivery)])?;
+                    let (ingested, events) = one.pop().ok_or_else(stopped)?;
+                    audit::append(conn, i.at, events)?;
+                    Ok(ingested)
+                });
+                let _ = i.reply.send(result);
+            }
+            Queued::Other(mut u) => {
+                let at = u.at();
+                let result = db.write(|conn| {
+                    let mut events = Vec::new();
+                    u.run(conn, &mut events)?;
+                    audit::append(conn, at, events)
+                });
+                u.complete(result);
+            }
+        }
     }
 }
 
-fn together(db: &Db, batch: &mut [Box<dyn Unit>]) -> Result<(), StoreError> {
+/// Runs the whole batch in one transaction: the deliveries together first,
+/// then the other units in their order, then one append to the chain.
+fn together(db: &Db, config: &Config, batch: &mut [Queued]) -> Result<Vec<Ingested>, StoreError> {
     db.write(|conn| {
-        let mut all = Vec::with_capacity(batch.len());
-        for u in batch.iter_mut() {
-            let mut events = Vec::new();
-            u.run(conn, &mut events)?;
-            all.push((u.at(), events));
+        let items: Vec<(DateTime<Utc>, &Delivery)> = batch
+            .iter()
+            .filter_map(|q| match q {
+                Queued::Intake(i) => Some((i.at, &i.delivery)),
+                Queued::Other(_) => None,
+            })
+            .collect();
+        let mut groups = Vec::with_capacity(batch.len());
+        let mut ingested = Vec::with_capacity(items.len());
+        if !items.is_empty() {
+            for ((at, _), (result, events)) in items
+                .iter()
+                .zip(engine::ingest_batch(conn, config, &items)?)
+            {
+                groups.push((*at, events));
+                ingested.push(result);
+            }
         }
-        audit::append_each(conn, all)
+        for q in batch.iter_mut() {
+            if let Queued::Other(u) = q {
+                let mut events = Vec::new();
+                u.run(conn, &mut events)?;
+                groups.push((u.at(), events));
+            }
+        }
+        audit::append_each(conn, groups)?;
+        Ok(ingested)
     })
 }
 

@@ -3,6 +3,8 @@
 //! reconciled to what `policy::decide` says the snapshot warrants. Grant
 //! rows, their jobs and audit events are written in one transaction.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::json;
@@ -58,50 +60,177 @@ pub struct DecisionRow {
     pub detail: String,
 }
 
-/// Records a delivery and, if it is new and carries a ticket, folds it in
-/// and reconciles, inside the caller's transaction; the audit events it
-/// produces go to `events`. Nothing is written for a duplicate.
-pub fn ingest_in(
+/// What one delivery came to, and whether it scheduled job work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    pub outcome: Outcome,
+    pub queued: bool,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = deliveries)]
+struct DeliveryRow<'a> {
+    source: &'a str,
+    delivery_id: &'a str,
+    received_at: i64,
+    body_sha256: &'a str,
+    ticket: Option<String>,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = decisions)]
+pub struct NewDecision {
+    pub ticket: String,
+    pub at: i64,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub detail: String,
+}
+
+/// The batch's view of its tickets: read once, changed in memory, written
+/// once at the end.
+#[derive(Default)]
+struct Tickets {
+    rows: HashMap<String, TicketRow>,
+    dirty: Vec<String>,
+    decisions: Vec<NewDecision>,
+    /// Grants by ticket, for tickets whose grants nothing in the batch has
+    /// written yet (those are read again).
+    grants: HashMap<String, Vec<GrantRow>>,
+}
+
+impl Tickets {
+    fn touch(&mut self, key: &str) {
+        if !self.dirty.iter().any(|k| k == key) {
+            self.dirty.push(key.to_string());
+        }
+    }
+}
+
+/// Records deliveries in order and, for each new one that carries a
+/// ticket, folds it in and reconciles, inside the caller's transaction.
+/// The reads and writes every delivery needs (dedupe, the ticket, its
+/// grants, the new snapshot and decision) are made once for the whole
+/// batch; each delivery's audit events come back beside its outcome.
+/// Nothing is written for a duplicate.
+pub fn ingest_batch(
+    conn: &mut Conn<'_>,
+    config: &Config,
+    items: &[(DateTime<Utc>, &Delivery)],
+) -> Result<Vec<(Ingested, Vec<NewEvent>)>, StoreError> {
+    let ids: Vec<&str> = items.iter().map(|(_, d)| d.id.as_str()).collect();
+    let stored: Vec<(String, String, Option<String>)> = dispatch!(conn, c => deliveries::table
+        .filter(deliveries::delivery_id.eq_any(&ids))
+        .select((deliveries::source, deliveries::delivery_id, deliveries::ticket))
+        .load(c))?;
+    let mut seen: HashMap<(String, String), Option<String>> = stored
+        .into_iter()
+        .map(|(source, id, ticket)| ((source, id), ticket))
+        .collect();
+    // Which deliveries are new, in order; a repeat inside the batch is a
+    // duplicate of its first.
+    let mut fresh = Vec::with_capacity(items.len());
+    let mut rows = Vec::new();
+    for (now, d) in items {
+        let k = (d.source.as_str().to_string(), d.id.clone());
+        if seen.contains_key(&k) {
+            fresh.push(false);
+            continue;
+        }
+        let ticket = match &d.parsed {
+            Parsed::Ticket(ev) => Some(ev.key.to_string()),
+            Parsed::Ignored { ticket, .. } => ticket.as_ref().map(|t| t.to_string()),
+        };
+        seen.insert(k, ticket.clone());
+        fresh.push(true);
+        rows.push(DeliveryRow {
+            source: d.source.as_str(),
+            delivery_id: &d.id,
+            received_at: to_micros(*now),
+            body_sha256: &d.body_sha256,
+            ticket,
+            outcome: if matches!(d.parsed, Parsed::Ticket(_)) {
+                "accepted"
+            } else {
+                "ignored"
+            },
+        });
+    }
+    let inserted = insert_deliveries(conn, &rows)?;
+    if inserted < rows.len() {
+        if items.len() > 1 {
+            // Another replica took one of these at the same moment; the
+            // units run one by one and that one is answered as a duplicate.
+            return Err(StoreError::Conflict(
+                "a delivery arrived twice at once".into(),
+            ));
+        }
+        fresh[0] = false;
+    }
+
+    let keys: Vec<String> = items
+        .iter()
+        .zip(&fresh)
+        .filter_map(|((_, d), new)| match &d.parsed {
+            Parsed::Ticket(ev) if *new => Some(ev.key.to_string()),
+            _ => None,
+        })
+        .collect();
+    let mut t = Tickets::default();
+    if !keys.is_empty() {
+        let loaded: Vec<TicketRow> = dispatch!(conn, c => tickets::table
+            .filter(tickets::key.eq_any(&keys))
+            .select(TicketRow::as_select())
+            .load(c))?;
+        t.rows = loaded.into_iter().map(|r| (r.key.clone(), r)).collect();
+        let grants: Vec<GrantRow> = dispatch!(conn, c => grants::table
+            .filter(grants::ticket.eq_any(&keys))
+            .order(grants::created_at.asc())
+            .select(GrantRow::as_select())
+            .load(c))?;
+        for k in &keys {
+            t.grants.entry(k.clone()).or_default();
+        }
+        for g in grants {
+            t.grants.entry(g.ticket.clone()).or_default().push(g);
+        }
+    }
+
+    let mut out = Vec::with_capacity(items.len());
+    for ((now, d), new) in items.iter().zip(fresh) {
+        let mut events = Vec::new();
+        let outcome = if !new {
+            let k = (d.source.as_str().to_string(), d.id.clone());
+            Outcome::Duplicate(seen.get(&k).cloned().flatten())
+        } else {
+            match &d.parsed {
+                Parsed::Ignored { ticket, .. } => Outcome::Ignored(ticket.clone()),
+                Parsed::Ticket(ev) => fold(conn, config, *now, d, ev, &mut t, &mut events)?,
+            }
+        };
+        // Only these changes schedule jobs; anything else leaves the runner asleep.
+        let queued = events
+            .iter()
+            .any(|e| matches!(e.kind, "grant.created" | "revoke.requested" | "decision"));
+        out.push((Ingested { outcome, queued }, events));
+    }
+    flush_tickets(conn, &t)?;
+    Ok(out)
+}
+
+/// One new delivery's ticket event: the snapshot, the decision, the grants.
+fn fold(
     conn: &mut Conn<'_>,
     config: &Config,
     now: DateTime<Utc>,
     d: &Delivery,
+    ev: &crate::ticket::TicketEvent,
+    t: &mut Tickets,
     events: &mut Vec<NewEvent>,
 ) -> Result<Outcome, StoreError> {
-    let ticket_key = match &d.parsed {
-        Parsed::Ticket(ev) => Some(ev.key.clone()),
-        Parsed::Ignored { ticket, .. } => ticket.clone(),
-    };
-    let outcome = if matches!(d.parsed, Parsed::Ticket(_)) {
-        "accepted"
-    } else {
-        "ignored"
-    };
-    let inserted = dispatch!(conn, c => diesel::insert_into(deliveries::table)
-        .values((
-            deliveries::source.eq(d.source.as_str()),
-            deliveries::delivery_id.eq(&d.id),
-            deliveries::received_at.eq(to_micros(now)),
-            deliveries::body_sha256.eq(&d.body_sha256),
-            deliveries::ticket.eq(ticket_key.as_ref().map(|k| k.as_str())),
-            deliveries::outcome.eq(outcome),
-        ))
-        .on_conflict_do_nothing()
-        .execute(c))?;
-    if inserted == 0 {
-        let ticket: Option<Option<String>> = dispatch!(conn, c => deliveries::table
-            .filter(deliveries::source.eq(d.source.as_str()))
-            .filter(deliveries::delivery_id.eq(&d.id))
-            .select(deliveries::ticket)
-            .first(c)
-            .optional())?;
-        return Ok(Outcome::Duplicate(ticket.flatten()));
-    }
-    let ev = match &d.parsed {
-        Parsed::Ignored { ticket, .. } => return Ok(Outcome::Ignored(ticket.clone())),
-        Parsed::Ticket(ev) => ev.clone(),
-    };
     let key = ev.key.clone();
+    let k = key.to_string();
     events.push(
         NewEvent::new(
             "delivery.accepted",
@@ -110,12 +239,9 @@ pub fn ingest_in(
         )
         .ticket(key.as_str()),
     );
-    let prev = load_ticket(conn, key.as_str())?;
-    let prev_snap = prev
-        .as_ref()
-        .and_then(|r| serde_json::from_str::<Snapshot>(&r.snapshot).ok());
-    match &prev {
-        Some(row) if to_micros(ev.updated_at) < row.source_updated_at => {
+    let prev = t.rows.get(&k);
+    if let Some(row) = prev {
+        if to_micros(ev.updated_at) < row.source_updated_at {
             events.push(
                 NewEvent::new(
                     "ticket.stale",
@@ -126,19 +252,139 @@ pub fn ingest_in(
             );
             return Ok(Outcome::Accepted(Some(key)));
         }
-        _ => {}
     }
-    let snap = merge(prev_snap.as_ref(), ev);
+    let prev_snap = prev.and_then(|r| serde_json::from_str::<Snapshot>(&r.snapshot).ok());
+    let stored_decision = prev.and_then(|r| r.decision.clone());
+    let snap = merge(prev_snap.as_ref(), ev.clone());
     if prev_snap.as_ref() != Some(&snap) {
-        save_snapshot(conn, &snap, prev.is_some(), now)?;
+        let json = serde_json::to_string(&snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let at = to_micros(now);
+        let row = t.rows.entry(k.clone()).or_insert_with(|| TicketRow {
+            key: k.clone(),
+            source: snap.source.to_string(),
+            source_updated_at: 0,
+            snapshot: String::new(),
+            decision: None,
+            created_at: at,
+            updated_at: at,
+        });
+        row.snapshot = json;
+        row.source_updated_at = to_micros(snap.updated_at);
+        row.updated_at = at;
+        t.touch(&k);
         events.push(
             NewEvent::new("ticket.snapshot", "warrant", snapshot_summary(&snap))
                 .ticket(key.as_str()),
         );
     }
-    let stored = prev.as_ref().and_then(|r| r.decision.as_deref());
-    reconcile_with(conn, config, now, &snap, stored, events)?;
+    let grants = match t.grants.get(&k) {
+        Some(g) => g.clone(),
+        None => crate::grants::of_ticket(conn, &k)?,
+    };
+    let before = events.len();
+    let decided = reconcile_with(
+        conn,
+        config,
+        now,
+        &snap,
+        stored_decision.as_deref(),
+        &grants,
+        events,
+    )?;
+    if let Some(nd) = decided {
+        if let Some(row) = t.rows.get_mut(&k) {
+            row.decision = Some(nd.summary.clone());
+            t.touch(&k);
+        }
+        t.decisions.push(nd.row);
+    }
+    if events[before..].iter().any(|e| e.kind != "decision") {
+        // This ticket's grants changed: read them again if it comes up.
+        t.grants.remove(&k);
+    }
     Ok(Outcome::Accepted(Some(key)))
+}
+
+fn insert_deliveries(conn: &mut Conn<'_>, rows: &[DeliveryRow<'_>]) -> Result<usize, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    Ok(match conn {
+        Conn::Postgres(c) => diesel::insert_into(deliveries::table)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .execute(&mut **c)?,
+        Conn::Sqlite(c) => {
+            let mut n = 0;
+            for row in rows {
+                n += diesel::insert_into(deliveries::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)?;
+            }
+            n
+        }
+    })
+}
+
+/// Writes the batch's changed tickets and new decisions.
+fn flush_tickets(conn: &mut Conn<'_>, t: &Tickets) -> Result<(), StoreError> {
+    use diesel::upsert::excluded;
+    let rows: Vec<&TicketRow> = t.dirty.iter().filter_map(|k| t.rows.get(k)).collect();
+    if !rows.is_empty() {
+        match conn {
+            Conn::Postgres(c) => {
+                diesel::insert_into(tickets::table)
+                    .values(rows.iter().map(|r| (*r).clone()).collect::<Vec<_>>())
+                    .on_conflict(tickets::key)
+                    .do_update()
+                    .set((
+                        tickets::snapshot.eq(excluded(tickets::snapshot)),
+                        tickets::source_updated_at.eq(excluded(tickets::source_updated_at)),
+                        tickets::decision.eq(excluded(tickets::decision)),
+                        tickets::updated_at.eq(excluded(tickets::updated_at)),
+                    ))
+                    .execute(&mut **c)?;
+            }
+            Conn::Sqlite(c) => {
+                for r in rows {
+                    diesel::insert_into(tickets::table)
+                        .values(r.clone())
+                        .on_conflict(tickets::key)
+                        .do_update()
+                        .set((
+                            tickets::snapshot.eq(&r.snapshot),
+                            tickets::source_updated_at.eq(r.source_updated_at),
+                            tickets::decision.eq(&r.decision),
+                            tickets::updated_at.eq(r.updated_at),
+                        ))
+                        .execute(&mut **c)?;
+                }
+            }
+        }
+    }
+    save_decisions(conn, &t.decisions)
+}
+
+fn save_decisions(conn: &mut Conn<'_>, rows: &[NewDecision]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        Conn::Postgres(c) => {
+            diesel::insert_into(decisions::table)
+                .values(rows)
+                .execute(&mut **c)?;
+        }
+        Conn::Sqlite(c) => {
+            for r in rows {
+                diesel::insert_into(decisions::table)
+                    .values(r)
+                    .execute(&mut **c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn snapshot_summary(s: &Snapshot) -> serde_json::Value {
@@ -162,38 +408,6 @@ pub fn load_ticket(conn: &mut Conn<'_>, key: &str) -> Result<Option<TicketRow>, 
         .optional())?)
 }
 
-fn save_snapshot(
-    conn: &mut Conn<'_>,
-    snap: &Snapshot,
-    exists: bool,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let json = serde_json::to_string(snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let at = to_micros(now);
-    if exists {
-        dispatch!(conn, c => diesel::update(tickets::table.find(snap.key.as_str()))
-            .set((
-                tickets::snapshot.eq(&json),
-                tickets::source_updated_at.eq(to_micros(snap.updated_at)),
-                tickets::updated_at.eq(at),
-            ))
-            .execute(c))?;
-    } else {
-        dispatch!(conn, c => diesel::insert_into(tickets::table)
-            .values(TicketRow {
-                key: snap.key.to_string(),
-                source: snap.source.to_string(),
-                source_updated_at: to_micros(snap.updated_at),
-                snapshot: json.clone(),
-                decision: None,
-                created_at: at,
-                updated_at: at,
-            })
-            .execute(c))?;
-    }
-    Ok(())
-}
-
 /// Re-decides one stored ticket now (timers, `warrant reconcile`, config changes).
 pub fn reconcile_ticket(
     db: &Db,
@@ -208,14 +422,22 @@ pub fn reconcile_ticket(
         let snap: Snapshot =
             serde_json::from_str(&row.snapshot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut events = Vec::new();
-        reconcile_with(
+        let grants = crate::grants::of_ticket(conn, key)?;
+        let decided = reconcile_with(
             conn,
             config,
             now,
             &snap,
             row.decision.as_deref(),
+            &grants,
             &mut events,
         )?;
+        if let Some(nd) = decided {
+            save_decisions(conn, std::slice::from_ref(&nd.row))?;
+            dispatch!(conn, c => diesel::update(tickets::table.find(key))
+                .set(tickets::decision.eq(&nd.summary))
+                .execute(c))?;
+        }
         audit::append(conn, now, events)?;
         Ok(true)
     })
@@ -225,19 +447,27 @@ pub fn all_ticket_keys(db: &Db) -> Result<Vec<String>, StoreError> {
     db.read(|conn| Ok(dispatch!(conn, c => tickets::table.select(tickets::key).order(tickets::key.asc()).load(c))?))
 }
 
-/// Moves the ticket's grants toward the decision. Writes inside the caller's transaction.
+/// A decision that differs from the ticket's last one, for the caller to store.
+struct Decided {
+    row: NewDecision,
+    summary: String,
+}
+
+/// Moves the ticket's grants (`all`, as stored) toward the decision, writing
+/// inside the caller's transaction; answers the decision if it is new, for
+/// the caller to store.
 fn reconcile_with(
     conn: &mut Conn<'_>,
     config: &Config,
     now: DateTime<Utc>,
     snap: &Snapshot,
     stored_decision: Option<&str>,
+    all: &[GrantRow],
     events: &mut Vec<NewEvent>,
-) -> Result<(), StoreError> {
+) -> Result<Option<Decided>, StoreError> {
     let key = snap.key.as_str();
     let decision = decide(snap, config, now);
-    record_decision(conn, config, key, &decision, stored_decision, now, events)?;
-    let all = crate::grants::of_ticket(conn, key)?;
+    let decided = record_decision(conn, config, key, &decision, stored_decision, now, events)?;
     // A pipeline's grant answers to the ticket for its own principal and
     // resource, not to the decision about the ticket's human subject.
     let (ci, live): (Vec<&GrantRow>, Vec<&GrantRow>) = all
@@ -328,7 +558,7 @@ fn reconcile_with(
             }
         }
     }
-    Ok(())
+    Ok(decided)
 }
 
 /// Inserts a grant with its job and audit event.
@@ -366,41 +596,31 @@ fn record_decision(
     stored: Option<&str>,
     now: DateTime<Utc>,
     events: &mut Vec<NewEvent>,
-) -> Result<(), StoreError> {
+) -> Result<Option<Decided>, StoreError> {
     let summary =
         serde_json::to_string(decision).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    // The ticket row keeps the last recorded decision: the same one again
-    // is not news, and needs no look-up of the history.
-    if stored == Some(summary.as_str()) {
-        return Ok(());
-    }
     let outcome = match decision {
         Decision::Warrant(_) => "warrant",
         Decision::Deny { .. } => "deny",
     };
     let reason = decision.reason().map(|r| r.as_str().to_string());
     let detail = decision.detail();
-    let last: Option<DecisionRow> = dispatch!(conn, c => decisions::table
-        .filter(decisions::ticket.eq(key))
-        .order(decisions::id.desc())
-        .select(DecisionRow::as_select())
-        .first(c)
-        .optional())?;
-    if let Some(l) = &last {
-        if l.outcome == outcome && l.reason == reason && l.detail == detail {
-            return Ok(());
+    // The ticket row keeps the last recorded decision: the same one again
+    // is not news.
+    if let Some(stored) = stored {
+        if stored == summary {
+            return Ok(None);
+        }
+        let last: serde_json::Value = serde_json::from_str(stored).unwrap_or_default();
+        if let Decision::Deny { .. } = decision {
+            if last["outcome"] == outcome
+                && last["reason"].as_str() == reason.as_deref()
+                && last["detail"].as_str() == Some(detail.as_str())
+            {
+                return Ok(None);
+            }
         }
     }
-    dispatch!(conn, c => diesel::insert_into(decisions::table)
-        .values((
-            decisions::ticket.eq(key),
-            decisions::at.eq(to_micros(now)),
-            decisions::outcome.eq(outcome),
-            decisions::reason.eq(&reason),
-            decisions::detail.eq(&detail),
-        ))
-        .execute(c))?;
-    dispatch!(conn, c => diesel::update(tickets::table.find(key)).set(tickets::decision.eq(&summary)).execute(c))?;
     events.push(
         NewEvent::new(
             "decision",
@@ -421,7 +641,16 @@ fn record_decision(
             )?;
         }
     }
-    Ok(())
+    Ok(Some(Decided {
+        row: NewDecision {
+            ticket: key.to_string(),
+            at: to_micros(now),
+            outcome: outcome.to_string(),
+            reason,
+            detail,
+        },
+        summary,
+    }))
 }
 
 /// Starts revoking a live grant. A pending grant was never applied, so it

@@ -12,7 +12,7 @@ use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::config::whsec_key;
 use crate::domain::Source;
-use crate::engine::{self, Delivery, Outcome};
+use crate::engine::{Delivery, Ingested, Outcome};
 use crate::metrics::WebhookLabels;
 use crate::sources::{self, signature, Parsed};
 
@@ -186,7 +186,6 @@ async fn receive_configured(
         body_sha256: hex::encode(Sha256::digest(&body)),
         parsed,
     };
-    let config = state.config.clone();
     let lane = match &delivery.parsed {
         Parsed::Ticket(ev) => ev.key.to_string(),
         Parsed::Ignored {
@@ -194,19 +193,7 @@ async fn receive_configured(
         } => k.to_string(),
         Parsed::Ignored { ticket: None, .. } => id.clone(),
     };
-    let (outcome, queued) = state
-        .commit
-        .submit(&lane, now, move |conn, events| {
-            let before = events.len();
-            let outcome = engine::ingest_in(conn, &config, now, &delivery, events)?;
-            // Only these changes schedule jobs; anything else leaves the
-            // runner asleep.
-            let queued = events[before..]
-                .iter()
-                .any(|e| matches!(e.kind, "grant.created" | "revoke.requested" | "decision"));
-            Ok((outcome, queued))
-        })
-        .await?;
+    let Ingested { outcome, queued } = state.commit.ingest(&lane, now, delivery).await?;
     if queued {
         state.wake.notify_one();
     }

@@ -309,7 +309,92 @@ async fn realistic_fixtures_are_accepted_or_ignored(backend: Backend) {
     assert!(seen >= 15);
 }
 
+/// Many deliveries at once share transactions (group commit): each is
+/// answered as if it had come alone — every delivery id accepted once and a
+/// duplicate the other time, every ticket granted once, the decisions and
+/// the audit chain whole.
+async fn concurrent_deliveries_are_each_answered_once(backend: Backend) {
+    let app = app!(backend);
+    const TICKETS: u64 = 24;
+    let mut sends = Vec::new();
+    for n in 1..=TICKETS {
+        let mut issue = Issue::new(n, t0());
+        issue.body = payloads::form("hooks/orders-db", "2h", None);
+        let opened = payloads::github("opened", &issue, "dave-gh", None);
+        issue.labels = vec!["access-approved"];
+        issue.updated_at = t0() + Duration::seconds(1);
+        let labeled = payloads::github("labeled", &issue, "alice-gh", Some("access-approved"));
+        for _copy in 0..2 {
+            for (id, body) in [
+                (format!("open-{n}"), opened.clone()),
+                (format!("label-{n}"), labeled.clone()),
+            ] {
+                let app = &app;
+                sends.push(async move {
+                    let r = app.post_github("issues", &id, &body).await;
+                    assert_eq!(r.status(), 200, "{id}");
+                    let v: Value = r.json().await.unwrap();
+                    (id, v["status"].as_str().unwrap_or_default().to_string())
+                });
+            }
+        }
+    }
+    let answers = futures_util::future::join_all(sends).await;
+    let mut by_id: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, status) in answers {
+        by_id.entry(id).or_default().push(status);
+    }
+    assert_eq!(by_id.len() as u64, TICKETS * 2);
+    for (id, mut statuses) in by_id {
+        statuses.sort();
+        assert_eq!(statuses, ["accepted", "duplicate"], "{id}");
+    }
+    // The deliveries did share transactions (the point of the test).
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (units, batches) = (
+        count("warrant_commit_batch_units_sum "),
+        count("warrant_commit_batch_units_count "),
+    );
+    assert!(
+        units >= (TICKETS * 4) as f64 && batches < units,
+        "{units} units in {batches} batches"
+    );
+    app.run_jobs().await;
+    for n in 1..=TICKETS {
+        let key = format!("github:acme/access-requests#{n}");
+        let grants = app.grants_of(&key).await;
+        assert_eq!(grants.len(), 1, "{key}: {grants:?}");
+        assert_eq!(grants[0]["state"], "active", "{key}");
+        let (status, t) = ticket(&app, &key).await;
+        assert_eq!(status, 200);
+        let decisions = t["decisions"].as_array().unwrap();
+        assert_eq!(
+            decisions.last().unwrap()["outcome"],
+            "warrant",
+            "{key}: {decisions:?}"
+        );
+    }
+    let (_, v) = app.get_json("/v1/audit/verify", ADMIN_TOKEN).await;
+    assert_eq!(v["ok"], true, "{v}");
+}
+
 backend_tests!(
+    concurrent_deliveries_are_each_answered_once,
     github_signatures_and_answers,
     body_limits_and_unconfigured_sources,
     unconfigured_source_is_404,
