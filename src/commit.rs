@@ -233,7 +233,7 @@ fn run_batch(db: &Db, config: &Config, mut batch: Vec<Queued>) {
                 }
                 Err(StoreError::Unavailable(_)) => continue,
                 Err(e) => {
-                    tracing::debug!(error = %e, units = batch.len(), "batch failed; running its units one by one");
+                    tracing::warn!(error = %e, units = batch.len(), "batch failed; running its units one by one");
                     break;
                 }
             }

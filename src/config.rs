@@ -143,7 +143,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://warrant.db".into(),
             pool_size: 8,
             connect_timeout: ConfigDuration(Duration::seconds(5)),
-            writers: 2,
+            writers: 1,
         }
     }
 }

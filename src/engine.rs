@@ -120,7 +120,12 @@ pub fn ingest_batch(
     items: &[(DateTime<Utc>, &Delivery)],
 ) -> Result<Vec<(Ingested, Vec<NewEvent>)>, StoreError> {
     let ids: Vec<&str> = items.iter().map(|(_, d)| d.id.as_str()).collect();
+    let mut sources: Vec<&str> = items.iter().map(|(_, d)| d.source.as_str()).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    // Both key columns, so the look-up uses the primary key.
     let stored: Vec<(String, String, Option<String>)> = dispatch!(conn, c => deliveries::table
+        .filter(deliveries::source.eq_any(&sources))
         .filter(deliveries::delivery_id.eq_any(&ids))
         .select((deliveries::source, deliveries::delivery_id, deliveries::ticket))
         .load(c))?;

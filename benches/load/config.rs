@@ -15,6 +15,7 @@ pub struct ServerSetup<'a> {
     pub db_url: &'a str,
     pub receiver_url: &'a str,
     pub pool_size: u32,
+    pub writers: usize,
     pub job_concurrency: usize,
 }
 
@@ -41,6 +42,7 @@ listen = "127.0.0.1:{port}"
 [database]
 url = "{db}"
 pool_size = {pool}
+writers = {writers}
 
 [[api.tokens]]
 name = "bench"
@@ -88,6 +90,7 @@ concurrency = {jobs}
 "#,
         db = s.db_url,
         pool = s.pool_size,
+        writers = s.writers,
         receiver = s.receiver_url,
         jobs = s.job_concurrency,
     );

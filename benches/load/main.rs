@@ -23,7 +23,7 @@
 //! dropped); `BENCH_LOG` sets the server's log filter (default `info`, as
 //! shipped); `BENCH_KEEP=1` keeps the temporary directory (configs, logs,
 //! the SQLite files); `BENCH_PHASES=ingest` or `revoke` runs one of the
-//! two; `BENCH_PERF=1` runs `perf` beside the saturation, fixed-rate and
+//! two; `BENCH_WRITERS` sets `database.writers`; `BENCH_PERF=1` runs `perf` beside the saturation, fixed-rate and
 //! burst phases (syscall counts in the table, profiles kept).
 //!
 //! All traffic goes to 127.0.0.1; every loop is bounded in count and time.
@@ -72,6 +72,7 @@ struct Settings {
     idle_approvals: u64,
     floor_secs: Duration,
     pool_size: u32,
+    writers: usize,
     job_concurrency: usize,
     stored: u64,
     live: u64,
@@ -114,6 +115,7 @@ impl Settings {
             idle_approvals: env_or("BENCH_IDLE_APPROVALS", pick(50, 10)),
             floor_secs: secs("BENCH_FLOOR_SECS", 10, 3),
             pool_size: env_or("BENCH_POOL_SIZE", 8),
+            writers: env_or("BENCH_WRITERS", 1),
             job_concurrency: env_or("BENCH_JOB_CONCURRENCY", 16),
             stored: env_or("BENCH_STORED_GRANTS", pick(1_000_000, 50_000)).max(live),
             live,
@@ -286,6 +288,7 @@ async fn ingest_run(
             db_url: &db.url,
             receiver_url: &receiver.url,
             pool_size: s.pool_size,
+            writers: s.writers,
             job_concurrency: s.job_concurrency,
         },
     );
@@ -582,6 +585,7 @@ async fn revoke_run(
             db_url: &db.url,
             receiver_url: &receiver.url,
             pool_size: s.pool_size,
+            writers: s.writers,
             job_concurrency: s.job_concurrency,
         },
     );

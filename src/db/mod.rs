@@ -162,8 +162,13 @@ struct PgSetup;
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSetup {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute("SET TIME ZONE 'UTC'; SET statement_timeout = '30s';")
-            .map_err(diesel::r2d2::Error::QueryError)
+        // Prepared statements are planned for the values at hand: a plan
+        // made once while a table was still empty would scan it forever.
+        conn.batch_execute(
+            "SET TIME ZONE 'UTC'; SET statement_timeout = '30s'; \
+             SET plan_cache_mode = force_custom_plan;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
