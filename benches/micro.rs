@@ -31,6 +31,7 @@ fn config() -> Config {
             db_url: "sqlite://bench.db",
             receiver_url: "http://127.0.0.1:9/access",
             pool_size: 8,
+            writers: 1,
             job_concurrency: 16,
         },
     );
