@@ -3,7 +3,7 @@
 //! reconciled to what `policy::decide` says the snapshot warrants. Grant
 //! rows, their jobs and audit events are written in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -119,42 +119,25 @@ pub fn ingest_batch(
     config: &Config,
     items: &[(DateTime<Utc>, &Delivery)],
 ) -> Result<Vec<(Ingested, Vec<NewEvent>)>, StoreError> {
-    let ids: Vec<&str> = items.iter().map(|(_, d)| d.id.as_str()).collect();
-    let mut sources: Vec<&str> = items.iter().map(|(_, d)| d.source.as_str()).collect();
-    sources.sort_unstable();
-    sources.dedup();
-    // Both key columns, so the look-up uses the primary key.
-    let stored: Vec<(String, String, Option<String>)> = dispatch!(conn, c => deliveries::table
-        .filter(deliveries::source.eq_any(&sources))
-        .filter(deliveries::delivery_id.eq_any(&ids))
-        .select((deliveries::source, deliveries::delivery_id, deliveries::ticket))
-        .load(c))?;
-    let mut seen: HashMap<(String, String), Option<String>> = stored
-        .into_iter()
-        .map(|(source, id, ticket)| ((source, id), ticket))
-        .collect();
-    // Which deliveries are new, in order; a repeat inside the batch is a
-    // duplicate of its first.
-    let mut fresh = Vec::with_capacity(items.len());
+    // A repeat inside the batch is a duplicate of its first; the first of
+    // each id is inserted, and the ids the database already had are
+    // duplicates of the stored delivery.
+    let mut firsts: HashMap<(&str, &str), usize> = HashMap::new();
     let mut rows = Vec::new();
-    for (now, d) in items {
-        let k = (d.source.as_str().to_string(), d.id.clone());
-        if seen.contains_key(&k) {
-            fresh.push(false);
+    for (i, (now, d)) in items.iter().enumerate() {
+        if firsts.contains_key(&(d.source.as_str(), d.id.as_str())) {
             continue;
         }
-        let ticket = match &d.parsed {
-            Parsed::Ticket(ev) => Some(ev.key.to_string()),
-            Parsed::Ignored { ticket, .. } => ticket.as_ref().map(|t| t.to_string()),
-        };
-        seen.insert(k, ticket.clone());
-        fresh.push(true);
+        firsts.insert((d.source.as_str(), d.id.as_str()), i);
         rows.push(DeliveryRow {
             source: d.source.as_str(),
             delivery_id: &d.id,
             received_at: to_micros(*now),
             body_sha256: &d.body_sha256,
-            ticket,
+            ticket: match &d.parsed {
+                Parsed::Ticket(ev) => Some(ev.key.to_string()),
+                Parsed::Ignored { ticket, .. } => ticket.as_ref().map(|t| t.to_string()),
+            },
             outcome: if matches!(d.parsed, Parsed::Ticket(_)) {
                 "accepted"
             } else {
@@ -163,15 +146,40 @@ pub fn ingest_batch(
         });
     }
     let inserted = insert_deliveries(conn, &rows)?;
-    if inserted < rows.len() {
-        if items.len() > 1 {
-            // Another replica took one of these at the same moment; the
-            // units run one by one and that one is answered as a duplicate.
-            return Err(StoreError::Conflict(
-                "a delivery arrived twice at once".into(),
-            ));
-        }
-        fresh[0] = false;
+    let fresh: Vec<bool> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (_, d))| {
+            let k = (d.source.as_str(), d.id.as_str());
+            firsts.get(&k) == Some(&i) && inserted.contains(&(k.0.to_string(), k.1.to_string()))
+        })
+        .collect();
+    // The ticket each duplicate named: from this batch, or as stored.
+    let mut seen: HashMap<(String, String), Option<String>> = rows
+        .iter()
+        .filter(|r| inserted.contains(&(r.source.to_string(), r.delivery_id.to_string())))
+        .map(|r| {
+            (
+                (r.source.to_string(), r.delivery_id.to_string()),
+                r.ticket.clone(),
+            )
+        })
+        .collect();
+    let earlier: Vec<&DeliveryRow<'_>> = rows
+        .iter()
+        .filter(|r| !inserted.contains(&(r.source.to_string(), r.delivery_id.to_string())))
+        .collect();
+    if !earlier.is_empty() {
+        let ids: Vec<&str> = earlier.iter().map(|r| r.delivery_id).collect();
+        let mut sources: Vec<&str> = earlier.iter().map(|r| r.source).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        let stored: Vec<(String, String, Option<String>)> = dispatch!(conn, c => deliveries::table
+            .filter(deliveries::source.eq_any(&sources))
+            .filter(deliveries::delivery_id.eq_any(&ids))
+            .select((deliveries::source, deliveries::delivery_id, deliveries::ticket))
+            .load(c))?;
+        seen.extend(stored.into_iter().map(|(s, i, t)| ((s, i), t)));
     }
 
     let keys: Vec<String> = items
@@ -310,24 +318,34 @@ fn fold(
     Ok(Outcome::Accepted(Some(key)))
 }
 
-fn insert_deliveries(conn: &mut Conn<'_>, rows: &[DeliveryRow<'_>]) -> Result<usize, StoreError> {
+/// Inserts the rows that are new; answers which were (by source and id).
+fn insert_deliveries(
+    conn: &mut Conn<'_>,
+    rows: &[DeliveryRow<'_>],
+) -> Result<HashSet<(String, String)>, StoreError> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
     Ok(match conn {
         Conn::Postgres(c) => diesel::insert_into(deliveries::table)
             .values(rows)
             .on_conflict_do_nothing()
-            .execute(&mut **c)?,
+            .returning((deliveries::source, deliveries::delivery_id))
+            .get_results::<(String, String)>(&mut **c)?
+            .into_iter()
+            .collect(),
         Conn::Sqlite(c) => {
-            let mut n = 0;
+            let mut new = HashSet::new();
             for row in rows {
-                n += diesel::insert_into(deliveries::table)
+                let n = diesel::insert_into(deliveries::table)
                     .values(row)
                     .on_conflict_do_nothing()
                     .execute(&mut **c)?;
+                if n > 0 {
+                    new.insert((row.source.to_string(), row.delivery_id.to_string()));
+                }
             }
-            n
+            new
         }
     })
 }

@@ -581,29 +581,34 @@ async fn transition(state: &Arc<AppState>, g: &GrantRow, step: Step) -> Result<b
         .submit(&key, now, move |conn, events| {
             let Step { from, to, ref failure, ref then, .. } = step;
             let at = to_micros(now);
+            // The step's own column changes with the state, in one statement.
+            let activated_at = if to == GrantState::Active { Some(at) } else { g.activated_at };
+            let revoked_at = if to == GrantState::Revoked { Some(at) } else { g.revoked_at };
+            let failed = if to == GrantState::Failed { failure.clone() } else { g.failure.clone() };
             let n = dispatch!(conn, c => diesel::update(grants::table.find(&g.id).filter(grants::state.eq(from.as_str())))
-                .set((grants::state.eq(to.as_str()), grants::updated_at.eq(at)))
+                .set((
+                    grants::state.eq(to.as_str()),
+                    grants::updated_at.eq(at),
+                    grants::activated_at.eq(activated_at),
+                    grants::revoked_at.eq(revoked_at),
+                    grants::failure.eq(&failed),
+                ))
                 .execute(c))?;
             if n == 0 {
                 return Ok(false);
             }
             let (kind, data) = match to {
                 GrantState::Active => {
-                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::activated_at.eq(at)).execute(c))?;
                     let active = GrantRow { activated_at: Some(at), ..g.clone() };
                     crate::backlinks::enqueue(conn, &config, now, &g.ticket, &crate::backlinks::granted(&active))?;
                     ("grant.applied", json!({ "resource": g.resource, "account": g.account }))
                 }
                 GrantState::Revoked => {
-                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::revoked_at.eq(at)).execute(c))?;
                     let reason = g.revoke_reason.clone().unwrap_or_default();
                     crate::backlinks::enqueue(conn, &config, now, &g.ticket, &crate::backlinks::revoked(&g, &reason))?;
                     ("grant.revoked", json!({ "reason": g.revoke_reason, "applied": true }))
                 }
-                GrantState::Failed => {
-                    dispatch!(conn, c => diesel::update(grants::table.find(&g.id)).set(grants::failure.eq(failure)).execute(c))?;
-                    ("grant.failed", json!({ "error": failure }))
-                }
+                GrantState::Failed => ("grant.failed", json!({ "error": failure })),
                 GrantState::Granting => ("grant.starting", json!({})),
                 other => ("grant.state", json!({ "state": other })),
             };
@@ -656,6 +661,7 @@ async fn audit_only(
 }
 
 /// The safety net: any grant still needing work but without a job gets one.
+/// The search is a read, so it never holds SQLite's write lock.
 pub fn sweep(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
     #[derive(QueryableByName)]
     struct Orphan {
@@ -664,8 +670,12 @@ pub fn sweep(db: &Db, now: DateTime<Utc>) -> Result<usize, StoreError> {
     }
     let sql = "SELECT g.id FROM grants g WHERE g.state IN ('pending', 'granting', 'active', 'revoking') \
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.dedupe_key = 'grant:' || g.id) LIMIT 1000";
+    let orphans: Vec<Orphan> =
+        db.read(|conn| Ok(dispatch!(conn, c => diesel::sql_query(sql).load(c))?))?;
+    if orphans.is_empty() {
+        return Ok(0);
+    }
     db.write(|conn| {
-        let orphans: Vec<Orphan> = dispatch!(conn, c => diesel::sql_query(sql).load(c))?;
         for o in &orphans {
             tracing::warn!(grant = %o.id, "grant had no job; rescheduling");
             enqueue_grant(conn, &o.id, now, now)?;
@@ -704,6 +714,7 @@ impl Runner {
             let freed = Arc::new(tokio::sync::Notify::new());
             let mut last_sweep: Option<DateTime<Utc>> = None;
             let mut next_known: Option<(Instant, Option<DateTime<Utc>>)> = None;
+            let mut sweeping: Option<JoinHandle<()>> = None;
             loop {
                 if *stopped.borrow() {
                     break;
@@ -735,17 +746,26 @@ impl Runner {
                     }
                     Ok(_) => {
                         let now = state.clock.now();
-                        if last_sweep.is_none_or(|t| now - t >= state.config.jobs.sweep_interval.0)
-                        {
+                        let sweep_due = last_sweep
+                            .is_none_or(|t| now - t >= state.config.jobs.sweep_interval.0);
+                        if sweep_due && sweeping.as_ref().is_none_or(|h| h.is_finished()) {
                             last_sweep = Some(now);
-                            if let Err(e) = blocking(&state, move |db| sweep(db, now)).await {
-                                tracing::warn!(error = %e, "sweep failed");
-                            }
+                            // Beside the runner, so due jobs never wait for it.
+                            let st = state.clone();
+                            sweeping = Some(tokio::spawn(async move {
+                                if let Err(e) = blocking(&st, move |db| sweep(db, now)).await {
+                                    tracing::warn!(error = %e, "sweep failed");
+                                }
+                            }));
                         }
                         // Under load the runner wakes hundreds of times a
                         // second; the next due time is looked up at most
                         // every RECHECK, and the sleep never runs past it.
-                        let fresh = next_known.filter(|(checked, _)| checked.elapsed() < RECHECK);
+                        // A remembered time already past was the job just
+                        // claimed: look again rather than spin.
+                        let fresh = next_known.filter(|(checked, next)| {
+                            checked.elapsed() < RECHECK && next.is_none_or(|t| t > now)
+                        });
                         let next = match fresh {
                             Some((_, next)) => Ok(next),
                             None => blocking(&state, next_due).await.inspect(|next| {
@@ -775,8 +795,11 @@ impl Runner {
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
-            // Jobs in flight finish before the runner reports stopped.
+            // Jobs in flight (and a sweep) finish before the runner reports stopped.
             let _ = slots.acquire_many(concurrency as u32).await;
+            if let Some(h) = sweeping {
+                let _ = h.await;
+            }
         });
         RunnerHandle { stop, task }
     }
