@@ -32,7 +32,7 @@ fn config() -> Config {
             receiver_url: "http://127.0.0.1:9/access",
             pool_size: 8,
             writers: 1,
-            job_concurrency: 16,
+            job_concurrency: 64,
         },
     );
     Config::from_toml(&text, &config::env).expect("the bench configuration")

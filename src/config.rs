@@ -143,7 +143,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://warrant.db".into(),
             pool_size: 8,
             connect_timeout: ConfigDuration(Duration::seconds(5)),
-            writers: 1,
+            writers: 2,
         }
     }
 }
@@ -522,7 +522,7 @@ impl Default for JobsConfig {
             max_backoff: ConfigDuration(Duration::minutes(5)),
             lease: ConfigDuration(Duration::seconds(60)),
             sweep_interval: ConfigDuration(Duration::seconds(30)),
-            concurrency: 16,
+            concurrency: 64,
         }
     }
 }

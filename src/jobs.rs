@@ -248,21 +248,57 @@ fn backoff(state: &AppState, attempts: i32) -> Duration {
     Duration::milliseconds(jittered.max(1))
 }
 
+/// A claimed job with the grant it drives, read for the whole claim at once.
+struct Claimed {
+    job: JobRow,
+    grant: Option<GrantRow>,
+}
+
+fn grant_id_of(job: &JobRow) -> Option<String> {
+    if job.kind != GRANT {
+        return None;
+    }
+    let payload: serde_json::Value = serde_json::from_str(&job.payload).ok()?;
+    payload.get("grant_id")?.as_str().map(str::to_string)
+}
+
 /// Claims up to `limit` due jobs under this instance's lease.
-async fn claim_due(state: &Arc<AppState>, limit: usize) -> Result<Vec<JobRow>, StoreError> {
+async fn claim_due(state: &Arc<AppState>, limit: usize) -> Result<Vec<Claimed>, StoreError> {
     let now = state.clock.now();
     let instance = state.instance.clone();
     let lease = state.config.jobs.lease.0;
     blocking(state, move |db| {
-        claim(db, &instance, now, lease, limit as i64)
+        let jobs = claim(db, &instance, now, lease, limit as i64)?;
+        let ids: Vec<String> = jobs.iter().filter_map(grant_id_of).collect();
+        let mut grants: std::collections::HashMap<String, GrantRow> = if ids.is_empty() {
+            Default::default()
+        } else {
+            db.read(|conn| {
+                Ok(dispatch!(conn, c => grants::table
+                    .filter(grants::id.eq_any(&ids))
+                    .select(GrantRow::as_select())
+                    .load::<GrantRow>(c))?)
+            })?
+            .into_iter()
+            .map(|g| (g.id.clone(), g))
+            .collect()
+        };
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                let grant = grant_id_of(&job).and_then(|id| grants.remove(&id));
+                Claimed { job, grant }
+            })
+            .collect())
     })
     .await
 }
 
 /// Runs one claimed job and settles its row.
-async fn run_one(state: &Arc<AppState>, job: JobRow) {
+async fn run_one(state: &Arc<AppState>, claimed: Claimed) {
+    let Claimed { job, grant } = claimed;
     let kind = job.kind.clone();
-    let outcome = match run_job(state, &job).await {
+    let outcome = match run_job(state, &job, grant).await {
         Ok(how) => {
             let ok = how.succeeded();
             let settled = match how {
@@ -295,7 +331,7 @@ async fn run_one(state: &Arc<AppState>, job: JobRow) {
 pub async fn run_due(state: &Arc<AppState>) -> Result<usize, StoreError> {
     let claimed = claim_due(state, state.config.jobs.concurrency).await?;
     let n = claimed.len();
-    futures_util::future::join_all(claimed.into_iter().map(|job| run_one(state, job))).await;
+    futures_util::future::join_all(claimed.into_iter().map(|c| run_one(state, c))).await;
     Ok(n)
 }
 
@@ -322,9 +358,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
 }
 
-async fn run_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, StoreError> {
+async fn run_job(
+    state: &Arc<AppState>,
+    job: &JobRow,
+    grant: Option<GrantRow>,
+) -> Result<Finish, StoreError> {
     match job.kind.as_str() {
-        GRANT => run_grant_job(state, job).await,
+        GRANT => run_grant_job(state, job, grant).await,
         crate::backlinks::KIND => run_backlink_job(state, job).await,
         other => {
             tracing::error!(kind = other, job = job.id, "unknown job kind; dropping it");
@@ -369,7 +409,12 @@ async fn run_backlink_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish,
 }
 
 /// Moves one grant one or more steps along its life.
-async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, StoreError> {
+/// `read` is the grant as read at the claim, if it was.
+async fn run_grant_job(
+    state: &Arc<AppState>,
+    job: &JobRow,
+    read: Option<GrantRow>,
+) -> Result<Finish, StoreError> {
     let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
     let Some(id) = payload
         .get("grant_id")
@@ -383,8 +428,9 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     let attempts = job.attempts;
-    // The grant as the last step left it, so the next step needs no read.
-    let mut known: Option<GrantRow> = None;
+    // The grant as the claim read it or the last step left it, so the next
+    // step needs no read of its own.
+    let mut known: Option<GrantRow> = read.filter(|g| g.id == id);
     for _ in 0..4 {
         let now = state.clock.now();
         let g = match known.take() {
@@ -516,29 +562,45 @@ async fn run_grant_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, St
 }
 
 /// The grant's window is over: start revoking it. Answers the grant as the
-/// revocation left it.
+/// revocation left it (`None` if it had moved on meanwhile). The job that
+/// runs this goes on to the provider call itself, so nothing is scheduled.
 async fn timer_revoke(
     state: &Arc<AppState>,
     g: &GrantRow,
     now: DateTime<Utc>,
 ) -> Result<Option<GrantRow>, StoreError> {
     let g = g.clone();
-    let config = state.config.clone();
     let key = g.ticket.clone();
     state
         .commit
         .submit(&key, now, move |conn, events| {
-            crate::engine::revoke(
-                conn,
-                &config,
-                &g,
-                RevokeReason::Expired,
-                "timer",
-                None,
-                now,
-                events,
-            )?;
-            crate::grants::get(conn, &g.id)
+            let at = to_micros(now);
+            let reason = RevokeReason::Expired.as_str();
+            let n = dispatch!(conn, c => diesel::update(grants::table.find(&g.id).filter(grants::state.eq(&g.state)))
+                .set((
+                    grants::state.eq(GrantState::Revoking.as_str()),
+                    grants::revoke_reason.eq(reason),
+                    grants::updated_at.eq(at),
+                ))
+                .execute(c))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            events.push(
+                NewEvent::new(
+                    "revoke.requested",
+                    "timer",
+                    json!({ "reason": RevokeReason::Expired, "from": g.state, "note": null }),
+                )
+                .ticket(&g.ticket)
+                .grant(&g.id),
+            );
+            Ok(Some(GrantRow {
+                state: GrantState::Revoking.to_string(),
+                revoke_reason: Some(reason.to_string()),
+                updated_at: at,
+                ..g.clone()
+            }))
         })
         .await
 }
@@ -733,7 +795,7 @@ impl Runner {
                 }
                 let wait = match claim_due(&state, free).await {
                     Ok(claimed) if !claimed.is_empty() => {
-                        for job in claimed {
+                        for claimed in claimed {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
                                 // Cannot happen (only this loop takes slots);
                                 // the lease would hand the job on anyway.
@@ -741,7 +803,7 @@ impl Runner {
                             };
                             let (st, freed) = (state.clone(), freed.clone());
                             tokio::spawn(async move {
-                                run_one(&st, job).await;
+                                run_one(&st, claimed).await;
                                 drop(permit);
                                 freed.notify_one();
                             });
