@@ -279,6 +279,30 @@ async fn ingest_run(
         ms(floor.latency),
     );
     rep.row(col, "DB floor: CPU", floor.cpu.clone());
+    // The same floor from as many connections as warrant commits through
+    // (its group-commit writers; SQLite has one), for the second ratio.
+    let writer_conns = match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => s.writers.max(1),
+    };
+    let writers_floor = if writer_conns == conns {
+        floor.commits_per_s
+    } else {
+        wait_quiet(0, Duration::from_secs(90)).await;
+        let floor_db = db.floor_db(dir, &s.pg_admin);
+        let f = blocking(move || {
+            let f = db::floor(&floor_db, writer_conns, secs);
+            drop(floor_db);
+            f
+        })
+        .await;
+        f.commits_per_s
+    };
+    rep.row(
+        col,
+        &format!("DB floor from the writers' connections ({writer_conns})"),
+        format!("{writers_floor:.0}/s"),
+    );
 
     let port = free_port();
     let config = write_config(
@@ -387,6 +411,11 @@ async fn ingest_run(
         col,
         "ingest @ saturation: ratio to DB floor",
         format!("{ratio:.2}"),
+    );
+    rep.row(
+        col,
+        "ingest @ saturation: ratio to the writers' floor",
+        format!("{:.2}", sat.rate() / writers_floor.max(1e-9)),
     );
     rep.row(col, "ingest @ saturation: CPU", cpu_sat);
     rep.row(
