@@ -132,8 +132,8 @@ impl BenchDb {
 
     /// A second, empty database of the same kind for the floor, so its
     /// table stays out of warrant's.
-    pub fn floor_db(&self, dir: &Path, pg_admin: &str) -> BenchDb {
-        BenchDb::create(self.backend, dir, pg_admin, "floor")
+    pub fn floor_db(&self, dir: &Path, pg_admin: &str, name: &str) -> BenchDb {
+        BenchDb::create(self.backend, dir, pg_admin, name)
     }
 }
 

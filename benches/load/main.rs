@@ -256,7 +256,7 @@ async fn ingest_run(
 
     // The floor, on an empty database of its own, before the server runs.
     wait_quiet(0, Duration::from_secs(90)).await;
-    let floor_db = db.floor_db(dir, &s.pg_admin);
+    let floor_db = db.floor_db(dir, &s.pg_admin, "floor");
     let (conns, secs) = (s.pool_size as usize, s.floor_secs);
     let floor = blocking(move || {
         let f = db::floor(&floor_db, conns, secs);
@@ -289,7 +289,7 @@ async fn ingest_run(
         floor.commits_per_s
     } else {
         wait_quiet(0, Duration::from_secs(90)).await;
-        let floor_db = db.floor_db(dir, &s.pg_admin);
+        let floor_db = db.floor_db(dir, &s.pg_admin, "floor_writers");
         let f = blocking(move || {
             let f = db::floor(&floor_db, writer_conns, secs);
             drop(floor_db);

@@ -399,6 +399,18 @@ impl TestApp {
         })
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn run_jobs(&self) -> usize {
         warrant::jobs::run_pending(&self.state)
             .await

@@ -227,15 +227,7 @@ async fn provider_outage_is_retried(backend: Backend) {
         app.advance(Duration::seconds(11));
     }
     assert_eq!(only_grant(&app, KEY).await["state"], "revoking");
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"warrant_grants{state="revoking"} 1"#),
         "{metrics}"

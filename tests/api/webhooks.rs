@@ -350,15 +350,7 @@ async fn concurrent_deliveries_are_each_answered_once(backend: Backend) {
         assert_eq!(statuses, ["accepted", "duplicate"], "{id}");
     }
     // The deliveries did share transactions (the point of the test).
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let count = |name: &str| -> f64 {
         metrics
             .lines()
