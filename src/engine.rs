@@ -197,11 +197,7 @@ pub fn ingest_batch(
             .select(TicketRow::as_select())
             .load(c))?;
         t.rows = loaded.into_iter().map(|r| (r.key.clone(), r)).collect();
-        let grants: Vec<GrantRow> = dispatch!(conn, c => grants::table
-            .filter(grants::ticket.eq_any(&keys))
-            .order(grants::created_at.asc())
-            .select(GrantRow::as_select())
-            .load(c))?;
+        let grants = crate::grants::of_tickets(conn, &keys)?;
         for k in &keys {
             t.grants.entry(k.clone()).or_default();
         }

@@ -755,6 +755,13 @@ pub struct Runner;
 /// How long a looked-up next due time is trusted.
 const RECHECK: StdDuration = StdDuration::from_millis(20);
 
+/// The least time between two claims. Under load every approval and every
+/// finished job wakes the runner; claiming on each wake cost a transaction
+/// (and on PostgreSQL a WAL flush) per job. Waiting out the gap after a
+/// claim that found work gathers what fell due meanwhile into one claim;
+/// an idle runner claims at once.
+const CLAIM_GAP: StdDuration = StdDuration::from_millis(10);
+
 pub struct RunnerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -781,6 +788,7 @@ impl Runner {
             let mut last_sweep: Option<DateTime<Utc>> = None;
             let mut next_known: Option<(Instant, Option<DateTime<Utc>>)> = None;
             let mut sweeping: Option<JoinHandle<()>> = None;
+            let mut last_claim: Option<Instant> = None;
             loop {
                 if *stopped.borrow() {
                     break;
@@ -793,8 +801,17 @@ impl Runner {
                     }
                     continue;
                 }
+                if let Some(gap) = last_claim.and_then(|t| CLAIM_GAP.checked_sub(t.elapsed())) {
+                    tokio::select! {
+                        _ = stopped.changed() => {}
+                        _ = tokio::time::sleep(gap) => {}
+                    }
+                    continue;
+                }
+                let started = Instant::now();
                 let wait = match claim_due(&state, free).await {
                     Ok(claimed) if !claimed.is_empty() => {
+                        last_claim = Some(started);
                         for claimed in claimed {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
                                 // Cannot happen (only this loop takes slots);
