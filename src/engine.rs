@@ -98,6 +98,9 @@ struct Tickets {
     /// Grants by ticket, for tickets whose grants nothing in the batch has
     /// written yet (those are read again).
     grants: HashMap<String, Vec<GrantRow>>,
+    /// Grants decided but not yet inserted: written with one statement
+    /// (and their jobs with another) before anything reads grants again.
+    created: Vec<GrantRow>,
 }
 
 impl Tickets {
@@ -288,7 +291,10 @@ fn fold(
     }
     let grants = match t.grants.get(&k) {
         Some(g) => g.clone(),
-        None => crate::grants::of_ticket(conn, &k)?,
+        None => {
+            insert_grants(conn, &std::mem::take(&mut t.created))?;
+            crate::grants::of_ticket(conn, &k)?
+        }
     };
     let before = events.len();
     let decided = reconcile_with(
@@ -298,6 +304,7 @@ fn fold(
         &snap,
         stored_decision.as_deref(),
         &grants,
+        &mut t.created,
         events,
     )?;
     if let Some(nd) = decided {
@@ -349,6 +356,7 @@ fn insert_deliveries(
 /// Writes the batch's changed tickets and new decisions.
 fn flush_tickets(conn: &mut Conn<'_>, t: &Tickets) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
+    insert_grants(conn, &t.created)?;
     let rows: Vec<&TicketRow> = t.dirty.iter().filter_map(|k| t.rows.get(k)).collect();
     if !rows.is_empty() {
         match conn {
@@ -442,6 +450,7 @@ pub fn reconcile_ticket(
             serde_json::from_str(&row.snapshot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut events = Vec::new();
         let grants = crate::grants::of_ticket(conn, key)?;
+        let mut created = Vec::new();
         let decided = reconcile_with(
             conn,
             config,
@@ -449,8 +458,10 @@ pub fn reconcile_ticket(
             &snap,
             row.decision.as_deref(),
             &grants,
+            &mut created,
             &mut events,
         )?;
+        insert_grants(conn, &created)?;
         if let Some(nd) = decided {
             save_decisions(conn, std::slice::from_ref(&nd.row))?;
             dispatch!(conn, c => diesel::update(tickets::table.find(key))
@@ -474,7 +485,9 @@ struct Decided {
 
 /// Moves the ticket's grants (`all`, as stored) toward the decision, writing
 /// inside the caller's transaction; answers the decision if it is new, for
-/// the caller to store.
+/// the caller to store. New grants go to `created`, for the caller to insert
+/// with `insert_grants` (a batch inserts all of its own at once).
+#[allow(clippy::too_many_arguments)]
 fn reconcile_with(
     conn: &mut Conn<'_>,
     config: &Config,
@@ -482,6 +495,7 @@ fn reconcile_with(
     snap: &Snapshot,
     stored_decision: Option<&str>,
     all: &[GrantRow],
+    created: &mut Vec<GrantRow>,
     events: &mut Vec<NewEvent>,
 ) -> Result<Option<Decided>, StoreError> {
     let key = snap.key.as_str();
@@ -553,13 +567,11 @@ fn reconcile_with(
                     created_at: to_micros(now),
                     updated_at: to_micros(now),
                 };
-                create_grant(
-                    conn,
+                events.push(grant_created(
                     &row,
-                    now,
-                    events,
                     json!({ "policy": w.policy, "approver": w.approver }),
-                )?;
+                ));
+                created.push(row);
             }
         }
         Decision::Deny { reason, .. } => {
@@ -584,27 +596,58 @@ fn reconcile_with(
 pub fn create_grant(
     conn: &mut Conn<'_>,
     row: &GrantRow,
-    now: DateTime<Utc>,
     events: &mut Vec<NewEvent>,
     extra: serde_json::Value,
 ) -> Result<(), StoreError> {
-    dispatch!(conn, c => diesel::insert_into(grants::table).values(row).execute(c))?;
-    let run_at = crate::domain::from_micros(row.starts_at).max(now);
-    jobs::enqueue_grant(conn, &row.id, run_at, now)?;
-    events.push(
-        NewEvent::new(
-            "grant.created",
-            "warrant",
-            json!({
-                "subject": row.subject, "account": row.account, "resource": row.resource,
-                "state": row.state, "starts_at": rfc3339(crate::domain::from_micros(row.starts_at)),
-                "expires_at": rfc3339(crate::domain::from_micros(row.expires_at)), "detail": extra,
-            }),
-        )
-        .ticket(&row.ticket)
-        .grant(&row.id),
-    );
+    insert_grants(conn, std::slice::from_ref(row))?;
+    events.push(grant_created(row, extra));
     Ok(())
+}
+
+fn grant_created(row: &GrantRow, extra: serde_json::Value) -> NewEvent {
+    NewEvent::new(
+        "grant.created",
+        "warrant",
+        json!({
+            "subject": row.subject, "account": row.account, "resource": row.resource,
+            "state": row.state, "starts_at": rfc3339(crate::domain::from_micros(row.starts_at)),
+            "expires_at": rfc3339(crate::domain::from_micros(row.expires_at)), "detail": extra,
+        }),
+    )
+    .ticket(&row.ticket)
+    .grant(&row.id)
+}
+
+/// Inserts new grants and schedules each one's job at its start (or at
+/// its creation, if it has started): one statement for each on PostgreSQL.
+fn insert_grants(conn: &mut Conn<'_>, rows: &[GrantRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let jobs: Vec<jobs::NewGrantJob> = rows
+        .iter()
+        .map(|r| jobs::NewGrantJob {
+            grant_id: &r.id,
+            run_at: r.starts_at.max(r.created_at),
+            created_at: r.created_at,
+        })
+        .collect();
+    match conn {
+        Conn::Postgres(c) => {
+            // Bound each statement's parameters (65,535 on PostgreSQL).
+            for chunk in rows.chunks(1_000) {
+                diesel::insert_into(grants::table)
+                    .values(chunk)
+                    .execute(&mut **c)?;
+            }
+        }
+        Conn::Sqlite(c) => {
+            for r in rows {
+                diesel::insert_into(grants::table).values(r).execute(&mut **c)?;
+            }
+        }
+    }
+    jobs::enqueue_grants(conn, &jobs)
 }
 
 fn record_decision(

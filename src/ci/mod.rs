@@ -223,7 +223,6 @@ fn request_once(
         crate::engine::create_grant(
             conn,
             &row,
-            now,
             &mut events,
             json!({
                 "policy": wanted.policy,
