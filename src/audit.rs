@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::db::schema::{audit_events, audit_head};
@@ -94,30 +94,47 @@ impl From<EventRow> for Event {
 /// The hash of one event given its predecessor's. The canonical JSON has
 /// sorted keys and times as integer microseconds, so it is exact.
 pub fn event_hash(prev_hash: &str, e: &EventRow) -> String {
-    let EventRow {
-        seq,
-        at,
-        type_: kind,
-        ticket,
-        grant_id,
-        actor,
-        data,
-        ..
-    } = e;
-    let data: Value = serde_json::from_str(data).unwrap_or(Value::String(data.to_string()));
-    let canonical = json!({
-        "seq": seq,
-        "at": at,
-        "type": kind,
-        "ticket": ticket,
-        "grant_id": grant_id,
-        "actor": actor,
-        "data": data,
-    });
+    let data: Value = serde_json::from_str(&e.data).unwrap_or(Value::String(e.data.clone()));
+    hash_with(prev_hash, e, &data)
+}
+
+/// `event_hash` for a row whose `data` is still at hand as a value.
+fn hash_with(prev_hash: &str, e: &EventRow, data: &Value) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
-    h.update(canonical.to_string().as_bytes());
+    h.update(canonical(e, data).as_bytes());
     hex::encode(h.finalize())
+}
+
+/// The event as one JSON object with its keys in order, written directly
+/// (it is the same text as serializing the object as a sorted map).
+fn canonical(e: &EventRow, data: &Value) -> String {
+    fn text(out: &mut String, s: &str) {
+        out.push_str(&Value::String(s.to_string()).to_string());
+    }
+    fn maybe(out: &mut String, s: &Option<String>) {
+        match s {
+            Some(s) => text(out, s),
+            None => out.push_str("null"),
+        }
+    }
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"actor\":");
+    text(&mut out, &e.actor);
+    out.push_str(",\"at\":");
+    out.push_str(&e.at.to_string());
+    out.push_str(",\"data\":");
+    out.push_str(&data.to_string());
+    out.push_str(",\"grant_id\":");
+    maybe(&mut out, &e.grant_id);
+    out.push_str(",\"seq\":");
+    out.push_str(&e.seq.to_string());
+    out.push_str(",\"ticket\":");
+    maybe(&mut out, &e.ticket);
+    out.push_str(",\"type\":");
+    text(&mut out, &e.type_);
+    out.push('}');
+    out
 }
 
 /// Appends events at the chain's head. Call last in a write transaction:
@@ -140,7 +157,7 @@ pub fn append_each(
     if groups.iter().all(|(_, events)| events.is_empty()) {
         return Ok(());
     }
-    let (mut seq, mut prev): (i64, String) = match conn {
+    let head: (i64, String) = match conn {
         Conn::Postgres(c) => audit_head::table
             .filter(audit_head::id.eq(1))
             .select((audit_head::seq, audit_head::hash))
@@ -151,12 +168,21 @@ pub fn append_each(
             .select((audit_head::seq, audit_head::hash))
             .first(&mut **c)?,
     };
+    let (rows, (seq, prev)) = chain(head, groups);
+    write_rows(conn, &rows, seq, &prev)
+}
+
+/// The events as rows chained on from `head`, and the new head.
+fn chain(
+    head: (i64, String),
+    groups: Vec<(DateTime<Utc>, Vec<NewEvent>)>,
+) -> (Vec<EventRow>, (i64, String)) {
+    let (mut seq, mut prev) = head;
     let mut rows = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
     for (at, events) in groups {
         let at = to_micros(at);
         for e in events {
             seq += 1;
-            let data = e.data.to_string();
             let mut row = EventRow {
                 seq,
                 at,
@@ -164,23 +190,110 @@ pub fn append_each(
                 ticket: e.ticket,
                 grant_id: e.grant_id,
                 actor: e.actor,
-                data,
-                prev_hash: prev.clone(),
+                data: e.data.to_string(),
+                prev_hash: prev,
                 hash: String::new(),
             };
-            row.hash = event_hash(&prev, &row);
+            row.hash = hash_with(&row.prev_hash, &row, &e.data);
             prev = row.hash.clone();
             rows.push(row);
         }
     }
+    (rows, (seq, prev))
+}
+
+/// Inserts chained rows and moves the head (locked by the caller) to them.
+fn write_rows(
+    conn: &mut Conn<'_>,
+    rows: &[EventRow],
+    seq: i64,
+    prev: &str,
+) -> Result<(), StoreError> {
     // Bound each statement's parameters (SQLite allows 32,766).
     for chunk in rows.chunks(500) {
         dispatch!(conn, c => diesel::insert_into(audit_events::table).values(chunk).execute(c))?;
     }
     dispatch!(conn, c => diesel::update(audit_head::table.filter(audit_head::id.eq(1)))
-        .set((audit_head::seq.eq(seq), audit_head::hash.eq(&prev)))
+        .set((audit_head::seq.eq(seq), audit_head::hash.eq(prev)))
         .execute(c))?;
     Ok(())
+}
+
+/// The chain's head as a batch writer last committed it. Writers that take
+/// it hold it until their commit, so the next one starts from the right
+/// head without reading it; a head another process or writer moved
+/// meanwhile makes the guess fail, and the append reads the head instead.
+#[derive(Debug, Default)]
+pub struct Guess(std::sync::Mutex<Option<(i64, String)>>);
+
+impl Guess {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Option<(i64, String)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `append_each`, starting from a guessed head. On PostgreSQL a right
+/// guess costs one statement (it moves the head only if it is still the
+/// guess, and inserts the rows only if it did), not three. Answers the new
+/// head, to be remembered once the transaction commits.
+pub fn append_guessing(
+    conn: &mut Conn<'_>,
+    groups: Vec<(DateTime<Utc>, Vec<NewEvent>)>,
+    guess: Option<(i64, String)>,
+) -> Result<Option<(i64, String)>, StoreError> {
+    if groups.iter().all(|(_, events)| events.is_empty()) {
+        return Ok(guess);
+    }
+    let Conn::Postgres(c) = conn else {
+        append_each(conn, groups)?;
+        return Ok(None);
+    };
+    // With nothing to go on, the first guess is the genesis; a wrong one
+    // costs a statement that writes nothing.
+    let guessed = guess.unwrap_or_else(|| (0, GENESIS.to_string()));
+    let (mut rows, head) = chain(guessed.clone(), groups);
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    let col = |f: fn(&EventRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let written = diesel::sql_query(
+        "WITH moved AS (UPDATE audit_head SET seq = $1, hash = $2 \
+         WHERE id = 1 AND seq = $3 AND hash = $4 RETURNING 1) \
+         INSERT INTO audit_events (seq, at, type, ticket, grant_id, actor, data, prev_hash, hash) \
+         SELECT * FROM unnest($5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], \
+         $10::text[], $11::text[], $12::text[], $13::text[]) WHERE EXISTS (SELECT 1 FROM moved)",
+    )
+    .bind::<BigInt, _>(head.0)
+    .bind::<Text, _>(&head.1)
+    .bind::<BigInt, _>(guessed.0)
+    .bind::<Text, _>(&guessed.1)
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.seq).collect::<Vec<i64>>())
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.at).collect::<Vec<i64>>())
+    .bind::<Array<Text>, _>(col(|r| r.type_.clone()))
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.ticket.clone()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.grant_id.clone()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(col(|r| r.actor.clone()))
+    .bind::<Array<Text>, _>(col(|r| r.data.clone()))
+    .bind::<Array<Text>, _>(col(|r| r.prev_hash.clone()))
+    .bind::<Array<Text>, _>(col(|r| r.hash.clone()))
+    .execute(&mut **c)?;
+    if written == rows.len() {
+        return Ok(Some(head));
+    }
+    // Nothing was written: the head had moved on.
+    let current: (i64, String) = audit_head::table
+        .filter(audit_head::id.eq(1))
+        .select((audit_head::seq, audit_head::hash))
+        .for_update()
+        .first(&mut **c)?;
+    let (mut seq, mut prev) = current;
+    for row in &mut rows {
+        seq += 1;
+        row.seq = seq;
+        row.prev_hash = prev;
+        row.hash = event_hash(&row.prev_hash, row);
+        prev = row.hash.clone();
+    }
+    write_rows(conn, &rows, seq, &prev)?;
+    Ok(Some((seq, prev)))
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -242,4 +355,44 @@ pub fn verify(db: &Db) -> Result<Verification, StoreError> {
             first_bad: None,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The hand-written canonical text is the sorted-map serialization the
+    /// chain has always hashed, quotes, escapes and nulls included.
+    #[test]
+    fn canonical_text_is_the_sorted_object() {
+        let cases = [
+            (
+                Some("jira:OPS-1"),
+                None,
+                json!({"b": 1, "a": [1.5, null, "x\"y"]}),
+            ),
+            (None, Some("0193-g"), json!("plain \\ text\n")),
+            (Some("t"), Some("g"), json!({})),
+        ];
+        for (ticket, grant, data) in cases {
+            let row = EventRow {
+                seq: 42,
+                at: -7,
+                type_: "grant.created".into(),
+                ticket: ticket.map(str::to_string),
+                grant_id: grant.map(str::to_string),
+                actor: "ci:\"w\"\u{1}é".into(),
+                data: data.to_string(),
+                prev_hash: GENESIS.into(),
+                hash: String::new(),
+            };
+            let sorted = json!({
+                "seq": row.seq, "at": row.at, "type": row.type_, "ticket": row.ticket,
+                "grant_id": row.grant_id, "actor": row.actor, "data": data,
+            });
+            assert_eq!(canonical(&row, &data), sorted.to_string());
+            assert_eq!(hash_with(GENESIS, &row, &data), event_hash(GENESIS, &row));
+        }
+    }
 }

@@ -104,14 +104,15 @@ impl Committer {
         } else {
             lanes.max(1)
         };
+        let guess = Arc::new(audit::Guess::default());
         let senders = (0..lanes)
             .map(|i| {
                 let (tx, rx) = mpsc::channel::<Queued>(QUEUE);
                 let db = db.clone();
-                let (config, metrics) = (config.clone(), metrics.clone());
+                let (config, metrics, guess) = (config.clone(), metrics.clone(), guess.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("warrant-commit-{i}"))
-                    .spawn(move || lane(db, config, rx, metrics));
+                    .spawn(move || lane(db, config, guess, rx, metrics));
                 if let Err(e) = spawned {
                     // Without its thread the lane's receiver is gone and
                     // every submit to it answers 503.
@@ -184,7 +185,13 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-fn lane(db: Db, config: Arc<Config>, mut rx: mpsc::Receiver<Queued>, metrics: Arc<Metrics>) {
+fn lane(
+    db: Db,
+    config: Arc<Config>,
+    guess: Arc<audit::Guess>,
+    mut rx: mpsc::Receiver<Queued>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -194,18 +201,18 @@ fn lane(db: Db, config: Arc<Config>, mut rx: mpsc::Receiver<Queued>, metrics: Ar
             }
         }
         metrics.commit_batch.observe(batch.len() as f64);
-        run_batch(&db, &config, batch);
+        run_batch(&db, &config, &guess, batch);
     }
 }
 
-fn run_batch(db: &Db, config: &Config, mut batch: Vec<Queued>) {
-    if batch.len() > 1 {
+fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queued>) {
+    {
         // A deadlock with another replica or a dropped connection is worth
         // one more try of the whole batch before it is split.
         let mut tries = 0;
         loop {
             tries += 1;
-            match together(db, config, &mut batch) {
+            match together(db, config, guess, &mut batch) {
                 Ok(ingested) => {
                     let mut ingested = ingested.into_iter();
                     for q in batch {
@@ -216,6 +223,20 @@ fn run_batch(db: &Db, config: &Config, mut batch: Vec<Queued>) {
                             }
                             Queued::Other(u) => u.complete(Ok(())),
                         }
+                    }
+                    return;
+                }
+                // Alone in its batch, a unit's own error is its answer.
+                Err(e)
+                    if batch.len() == 1
+                        && (tries >= 2 || !matches!(e, StoreError::Unavailable(_))) =>
+                {
+                    match batch.pop() {
+                        Some(Queued::Intake(i)) => {
+                            let _ = i.reply.send(Err(e));
+                        }
+                        Some(Queued::Other(u)) => u.complete(Err(e)),
+                        None => {}
                     }
                     return;
                 }
@@ -264,9 +285,16 @@ fn run_batch(db: &Db, config: &Config, mut batch: Vec<Queued>) {
 }
 
 /// Runs the whole batch in one transaction: the deliveries together first,
-/// then the other units in their order, then one append to the chain.
-fn together(db: &Db, config: &Config, batch: &mut [Queued]) -> Result<Vec<Ingested>, StoreError> {
-    db.write(|conn| {
+/// then the other units in their order, then one append to the chain. The
+/// lanes take turns from the append to the commit, each starting from the
+/// head the one before it committed.
+fn together(
+    db: &Db,
+    config: &Config,
+    guess: &audit::Guess,
+    batch: &mut [Queued],
+) -> Result<Vec<Ingested>, StoreError> {
+    let (ingested, mut turn, head) = db.write(|conn| {
         let items: Vec<(DateTime<Utc>, &Delivery)> = batch
             .iter()
             .filter_map(|q| match q {
@@ -292,9 +320,12 @@ fn together(db: &Db, config: &Config, batch: &mut [Queued]) -> Result<Vec<Ingest
                 groups.push((u.at(), events));
             }
         }
-        audit::append_each(conn, groups)?;
-        Ok(ingested)
-    })
+        let turn = guess.lock();
+        let head = audit::append_guessing(conn, groups, turn.clone())?;
+        Ok((ingested, turn, head))
+    })?;
+    *turn = head;
+    Ok(ingested)
 }
 
 #[cfg(test)]

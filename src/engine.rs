@@ -643,7 +643,9 @@ fn insert_grants(conn: &mut Conn<'_>, rows: &[GrantRow]) -> Result<(), StoreErro
         }
         Conn::Sqlite(c) => {
             for r in rows {
-                diesel::insert_into(grants::table).values(r).execute(&mut **c)?;
+                diesel::insert_into(grants::table)
+                    .values(r)
+                    .execute(&mut **c)?;
             }
         }
     }

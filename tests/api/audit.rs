@@ -155,8 +155,50 @@ async fn concurrent_writers_keep_one_chain(backend: Backend) {
     assert_eq!(v["events"], 40 * 5, "{v}");
 }
 
+/// Batches start from the head the last batch committed; a write outside
+/// the batches (a revocation by hand) moves the head under them, and the
+/// next batch must notice and chain on from the real head.
+async fn writes_beside_the_batches_keep_one_chain(backend: Backend) {
+    let Some(app) = with_events(backend).await else {
+        return;
+    };
+    let grants = app.grants_of("github:acme/access-requests#3").await;
+    let id = grants[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = app
+        .post_json(
+            &format!("/v1/grants/{id}/revoke"),
+            ADMIN_TOKEN,
+            &serde_json::json!({ "reason": "manual" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before = verify(&app).await["events"].as_i64().unwrap();
+    for n in 4..=6u64 {
+        let issue = Issue::new(n, t0());
+        let status = app
+            .post_github(
+                "issues",
+                &format!("b{n}"),
+                &payloads::github("opened", &issue, "a", None),
+            )
+            .await
+            .status();
+        assert_eq!(status, 200);
+    }
+    app.run_jobs().await;
+    let v = verify(&app).await;
+    assert_eq!(v["ok"], true, "{v}");
+    // Each opened issue: delivery, snapshot, decision; the revocation's
+    // provider call adds its own event.
+    assert!(
+        v["events"].as_i64().unwrap() >= before + 9,
+        "{v} after {before}"
+    );
+}
+
 backend_tests!(
     chain_verifies_and_exports,
     tampering_is_found,
-    concurrent_writers_keep_one_chain
+    concurrent_writers_keep_one_chain,
+    writes_beside_the_batches_keep_one_chain
 );
