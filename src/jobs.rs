@@ -256,6 +256,116 @@ impl Finish {
     }
 }
 
+/// A grant's row moving from one state to the next.
+struct GrantMove<'a> {
+    id: &'a str,
+    from: GrantState,
+    to: GrantState,
+    at: i64,
+    activated_at: Option<i64>,
+    revoked_at: Option<i64>,
+    failure: Option<&'a str>,
+}
+
+/// Moves the grant if it is still in `from` and, only then, settles the
+/// job as `then` says; answers whether the grant moved. On PostgreSQL both
+/// rows change in one statement: a grant step is the commonest write after
+/// intake, and each statement is a round trip inside the batch.
+fn take_step(
+    conn: &mut Conn<'_>,
+    m: &GrantMove<'_>,
+    then: Option<&(JobRow, Finish)>,
+) -> Result<bool, StoreError> {
+    use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+    #[derive(QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = BigInt)]
+        grant: i64,
+        #[diesel(sql_type = BigInt)]
+        job: i64,
+    }
+    let Conn::Postgres(c) = conn else {
+        let n = dispatch!(conn, c => diesel::update(grants::table.find(m.id).filter(grants::state.eq(m.from.as_str())))
+            .set((
+                grants::state.eq(m.to.as_str()),
+                grants::updated_at.eq(m.at),
+                grants::activated_at.eq(m.activated_at),
+                grants::revoked_at.eq(m.revoked_at),
+                grants::failure.eq(m.failure),
+            ))
+            .execute(c))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if let Some((job, how)) = then {
+            finish_in(conn, job, how)?;
+        }
+        return Ok(true);
+    };
+    const GRANT: &str = "WITH g AS (UPDATE grants SET state = $1, updated_at = $2, \
+        activated_at = $3, revoked_at = $4, failure = $5 WHERE id = $6 AND state = $7 RETURNING 1)";
+    const COUNTS: &str =
+        "SELECT (SELECT count(*) FROM g) AS grant, (SELECT count(*) FROM j) AS job";
+    let job_sql = match then {
+        None | Some((_, Finish::Settled)) => None,
+        Some((_, Finish::Done)) => Some(
+            "j AS (DELETE FROM jobs WHERE id = $8 AND version = $9 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
+        ),
+        Some((_, Finish::Gone)) => Some(
+            "j AS (DELETE FROM jobs WHERE id = $8 AND $9 = $9 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
+        ),
+        Some((_, Finish::At { .. })) => Some(
+            "j AS (UPDATE jobs SET run_at = $10, attempts = $11, last_error = $12, locked_by = NULL, \
+             locked_until = NULL WHERE id = $8 AND version = $9 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
+        ),
+    };
+    let bind_grant = |q: diesel::query_builder::SqlQuery| {
+        q.bind::<Text, _>(m.to.as_str())
+            .bind::<BigInt, _>(m.at)
+            .bind::<Nullable<BigInt>, _>(m.activated_at)
+            .bind::<Nullable<BigInt>, _>(m.revoked_at)
+            .bind::<Nullable<Text>, _>(m.failure)
+            .bind::<Text, _>(m.id)
+            .bind::<Text, _>(m.from.as_str())
+    };
+    let (Some(job_sql), Some((job, how))) = (job_sql, then) else {
+        let n = bind_grant(diesel::sql_query(format!(
+            "{GRANT} SELECT count(*) AS grant, 0::bigint AS job FROM g"
+        )))
+        .get_result::<Moved>(&mut **c)?;
+        return Ok(n.grant > 0);
+    };
+    let q = bind_grant(diesel::sql_query(format!("{GRANT}, {job_sql} {COUNTS}")))
+        .bind::<BigInt, _>(job.id)
+        .bind::<BigInt, _>(job.version);
+    let moved: Moved = match how {
+        Finish::At {
+            run_at,
+            attempts,
+            error,
+        } => q
+            .bind::<BigInt, _>(to_micros(*run_at))
+            .bind::<Integer, _>(*attempts)
+            .bind::<Nullable<Text>, _>(error.as_deref())
+            .get_result(&mut **c)?,
+        _ => q.get_result(&mut **c)?,
+    };
+    if moved.grant == 0 {
+        return Ok(false);
+    }
+    if moved.job == 0 && !matches!(how, Finish::Gone) {
+        // As in `finish_in`: someone rescheduled the job while it ran;
+        // their schedule wins and only the lease is released.
+        diesel::update(jobs::table.filter(jobs::id.eq(job.id)))
+            .set((
+                jobs::locked_by.eq(None::<String>),
+                jobs::locked_until.eq(None::<i64>),
+            ))
+            .execute(&mut **c)?;
+    }
+    Ok(true)
+}
+
 /// Settles the job's row inside the caller's transaction.
 fn finish_in(conn: &mut Conn<'_>, job: &JobRow, how: &Finish) -> Result<(), StoreError> {
     let n = match how {
@@ -702,43 +812,83 @@ async fn transition(state: &Arc<AppState>, g: &GrantRow, step: Step) -> Result<b
     state
         .commit
         .submit(&key, now, move |conn, events| {
-            let Step { from, to, ref failure, ref then, .. } = step;
+            let Step {
+                from,
+                to,
+                ref failure,
+                ref then,
+                ..
+            } = step;
             let at = to_micros(now);
             // The step's own column changes with the state, in one statement.
-            let activated_at = if to == GrantState::Active { Some(at) } else { g.activated_at };
-            let revoked_at = if to == GrantState::Revoked { Some(at) } else { g.revoked_at };
-            let failed = if to == GrantState::Failed { failure.clone() } else { g.failure.clone() };
-            let n = dispatch!(conn, c => diesel::update(grants::table.find(&g.id).filter(grants::state.eq(from.as_str())))
-                .set((
-                    grants::state.eq(to.as_str()),
-                    grants::updated_at.eq(at),
-                    grants::activated_at.eq(activated_at),
-                    grants::revoked_at.eq(revoked_at),
-                    grants::failure.eq(&failed),
-                ))
-                .execute(c))?;
-            if n == 0 {
+            let activated_at = if to == GrantState::Active {
+                Some(at)
+            } else {
+                g.activated_at
+            };
+            let revoked_at = if to == GrantState::Revoked {
+                Some(at)
+            } else {
+                g.revoked_at
+            };
+            let failed = if to == GrantState::Failed {
+                failure.clone()
+            } else {
+                g.failure.clone()
+            };
+            let moved = GrantMove {
+                id: &g.id,
+                from,
+                to,
+                at,
+                activated_at,
+                revoked_at,
+                failure: failed.as_deref(),
+            };
+            if !take_step(conn, &moved, then.as_ref())? {
                 return Ok(false);
             }
             let (kind, data) = match to {
                 GrantState::Active => {
-                    let active = GrantRow { activated_at: Some(at), ..g.clone() };
-                    crate::backlinks::enqueue(conn, &config, now, &g.ticket, &crate::backlinks::granted(&active))?;
-                    ("grant.applied", json!({ "resource": g.resource, "account": g.account }))
+                    let active = GrantRow {
+                        activated_at: Some(at),
+                        ..g.clone()
+                    };
+                    crate::backlinks::enqueue(
+                        conn,
+                        &config,
+                        now,
+                        &g.ticket,
+                        &crate::backlinks::granted(&active),
+                    )?;
+                    (
+                        "grant.applied",
+                        json!({ "resource": g.resource, "account": g.account }),
+                    )
                 }
                 GrantState::Revoked => {
                     let reason = g.revoke_reason.clone().unwrap_or_default();
-                    crate::backlinks::enqueue(conn, &config, now, &g.ticket, &crate::backlinks::revoked(&g, &reason))?;
-                    ("grant.revoked", json!({ "reason": g.revoke_reason, "applied": true }))
+                    crate::backlinks::enqueue(
+                        conn,
+                        &config,
+                        now,
+                        &g.ticket,
+                        &crate::backlinks::revoked(&g, &reason),
+                    )?;
+                    (
+                        "grant.revoked",
+                        json!({ "reason": g.revoke_reason, "applied": true }),
+                    )
                 }
                 GrantState::Failed => ("grant.failed", json!({ "error": failure })),
                 GrantState::Granting => ("grant.starting", json!({})),
                 other => ("grant.state", json!({ "state": other })),
             };
-            events.push(NewEvent::new(kind, "warrant", data).ticket(&g.ticket).grant(&g.id));
-            if let Some((job, how)) = then {
-                finish_in(conn, job, how)?;
-            }
+            events.push(
+                NewEvent::new(kind, "warrant", data)
+                    .ticket(&g.ticket)
+                    .grant(&g.id),
+            );
             Ok(true)
         })
         .await
