@@ -195,12 +195,8 @@ pub fn ingest_batch(
         .collect();
     let mut t = Tickets::default();
     if !keys.is_empty() {
-        let loaded: Vec<TicketRow> = dispatch!(conn, c => tickets::table
-            .filter(tickets::key.eq_any(&keys))
-            .select(TicketRow::as_select())
-            .load(c))?;
+        let (loaded, grants) = tickets_with_grants(conn, &keys)?;
         t.rows = loaded.into_iter().map(|r| (r.key.clone(), r)).collect();
-        let grants = crate::grants::of_tickets(conn, &keys)?;
         for k in &keys {
             t.grants.entry(k.clone()).or_default();
         }
@@ -229,6 +225,122 @@ pub fn ingest_batch(
     }
     flush_tickets(conn, &t)?;
     Ok(out)
+}
+
+/// The stored tickets among `keys` and all their grants (oldest first). On
+/// PostgreSQL one statement: each ticket's row beside each of its grants.
+fn tickets_with_grants(
+    conn: &mut Conn<'_>,
+    keys: &[String],
+) -> Result<(Vec<TicketRow>, Vec<GrantRow>), StoreError> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    #[derive(QueryableByName)]
+    struct Joined {
+        #[diesel(sql_type = Nullable<Text>)]
+        t_key: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        t_source: Option<String>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        t_source_updated_at: Option<i64>,
+        #[diesel(sql_type = Nullable<Text>)]
+        t_snapshot: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        t_decision: Option<String>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        t_created_at: Option<i64>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        t_updated_at: Option<i64>,
+        #[diesel(sql_type = Nullable<Text>)]
+        id: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        ticket: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        subject: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        account: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        resource: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        state: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        origin: Option<String>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        starts_at: Option<i64>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        expires_at: Option<i64>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        activated_at: Option<i64>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        revoked_at: Option<i64>,
+        #[diesel(sql_type = Nullable<Text>)]
+        revoke_reason: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        failure: Option<String>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        created_at: Option<i64>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        updated_at: Option<i64>,
+    }
+    let Conn::Postgres(c) = conn else {
+        let tickets: Vec<TicketRow> = dispatch!(conn, c => tickets::table
+            .filter(tickets::key.eq_any(keys))
+            .select(TicketRow::as_select())
+            .load(c))?;
+        return Ok((tickets, crate::grants::of_tickets(conn, keys)?));
+    };
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    // Grants are probed one ticket at a time (see `grants::of_tickets`).
+    let joined: Vec<Joined> = diesel::sql_query(
+        "SELECT t.key AS t_key, t.source AS t_source, t.source_updated_at AS t_source_updated_at, \
+           t.snapshot AS t_snapshot, t.decision AS t_decision, t.created_at AS t_created_at, \
+           t.updated_at AS t_updated_at, g.* \
+         FROM unnest($1::text[]) AS k(key) \
+         LEFT JOIN tickets t ON t.key = k.key \
+         LEFT JOIN LATERAL (SELECT * FROM grants WHERE ticket = k.key OFFSET 0) g ON true \
+         ORDER BY g.created_at",
+    )
+    .bind::<Array<Text>, _>(&keys)
+    .load(&mut **c)?;
+    let mut tickets: HashMap<String, TicketRow> = HashMap::new();
+    let mut grants = Vec::new();
+    let missing = |what: &str| StoreError::Corrupt(format!("a joined {what} column is null"));
+    for j in joined {
+        if let Some(key) = j.t_key {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tickets.entry(key.clone()) {
+                slot.insert(TicketRow {
+                    key,
+                    source: j.t_source.ok_or_else(|| missing("ticket"))?,
+                    source_updated_at: j.t_source_updated_at.ok_or_else(|| missing("ticket"))?,
+                    snapshot: j.t_snapshot.ok_or_else(|| missing("ticket"))?,
+                    decision: j.t_decision,
+                    created_at: j.t_created_at.ok_or_else(|| missing("ticket"))?,
+                    updated_at: j.t_updated_at.ok_or_else(|| missing("ticket"))?,
+                });
+            }
+        }
+        if let Some(id) = j.id {
+            grants.push(GrantRow {
+                id,
+                ticket: j.ticket.ok_or_else(|| missing("grant"))?,
+                subject: j.subject.ok_or_else(|| missing("grant"))?,
+                account: j.account.ok_or_else(|| missing("grant"))?,
+                resource: j.resource.ok_or_else(|| missing("grant"))?,
+                state: j.state.ok_or_else(|| missing("grant"))?,
+                origin: j.origin.ok_or_else(|| missing("grant"))?,
+                starts_at: j.starts_at.ok_or_else(|| missing("grant"))?,
+                expires_at: j.expires_at.ok_or_else(|| missing("grant"))?,
+                activated_at: j.activated_at,
+                revoked_at: j.revoked_at,
+                revoke_reason: j.revoke_reason,
+                failure: j.failure,
+                created_at: j.created_at.ok_or_else(|| missing("grant"))?,
+                updated_at: j.updated_at.ok_or_else(|| missing("grant"))?,
+            });
+        }
+    }
+    Ok((tickets.into_values().collect(), grants))
 }
 
 /// One new delivery's ticket event: the snapshot, the decision, the grants.
