@@ -254,7 +254,7 @@ pub fn append_guessing(
     let (mut rows, head) = chain(guessed.clone(), groups);
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
     let col = |f: fn(&EventRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    let written = diesel::sql_query(
+    let written = crate::db::prepared::Statement::new(
         "WITH moved AS (UPDATE audit_head SET seq = $1, hash = $2 \
          WHERE id = 1 AND seq = $3 AND hash = $4 RETURNING 1) \
          INSERT INTO audit_events (seq, at, type, ticket, grant_id, actor, data, prev_hash, hash) \

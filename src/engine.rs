@@ -292,7 +292,7 @@ fn tickets_with_grants(
     keys.sort_unstable();
     keys.dedup();
     // Grants are probed one ticket at a time (see `grants::of_tickets`).
-    let joined: Vec<Joined> = diesel::sql_query(
+    let joined: Vec<Joined> = crate::db::prepared::Statement::new(
         "SELECT t.key AS t_key, t.source AS t_source, t.source_updated_at AS t_source_updated_at, \
            t.snapshot AS t_snapshot, t.decision AS t_decision, t.created_at AS t_created_at, \
            t.updated_at AS t_updated_at, g.* \
@@ -523,7 +523,7 @@ fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), Store
     }
     let g = &t.created;
     let d = &t.decisions;
-    diesel::sql_query(
+    crate::db::prepared::Statement::new(
         "WITH new_grants AS (\
            INSERT INTO grants (id, ticket, subject, account, resource, state, origin, starts_at, \
              expires_at, activated_at, revoked_at, revoke_reason, failure, created_at, updated_at) \

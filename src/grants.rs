@@ -104,7 +104,7 @@ pub fn of_tickets(conn: &mut Conn<'_>, tickets: &[String]) -> Result<Vec<GrantRo
         // made a batch of twenty keys scan a table of a few thousand
         // grants whole (1 ms a batch); `OFFSET 0` keeps the planner from
         // flattening the lateral back into that join.
-        Conn::Postgres(c) => diesel::sql_query(
+        Conn::Postgres(c) => crate::db::prepared::Statement::new(
             "SELECT g.* FROM unnest($1::text[]) AS k(key), \
              LATERAL (SELECT * FROM grants WHERE ticket = k.key OFFSET 0) g \
              ORDER BY g.created_at",

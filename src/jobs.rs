@@ -200,12 +200,20 @@ pub fn claim(
             )
             .replace('$', "?"),
         };
-        Ok(dispatch!(conn, c => diesel::sql_query(&sql)
-            .bind::<BigInt, _>(now_us)
-            .bind::<BigInt, _>(limit)
-            .bind::<Text, _>(instance)
-            .bind::<BigInt, _>(until)
-            .load(c))?)
+        Ok(match conn {
+            Conn::Postgres(c) => crate::db::prepared::Statement::new(&sql)
+                .bind::<BigInt, _>(now_us)
+                .bind::<BigInt, _>(limit)
+                .bind::<Text, _>(instance)
+                .bind::<BigInt, _>(until)
+                .load(&mut **c)?,
+            Conn::Sqlite(c) => diesel::sql_query(&sql)
+                .bind::<BigInt, _>(now_us)
+                .bind::<BigInt, _>(limit)
+                .bind::<Text, _>(instance)
+                .bind::<BigInt, _>(until)
+                .load(&mut **c)?,
+        })
     })?;
     claimed.sort_by_key(|j| j.id);
     Ok(claimed)
@@ -319,7 +327,8 @@ fn take_step(
              locked_until = NULL WHERE id = $8 AND version = $9 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
         ),
     };
-    let bind_grant = |q: diesel::query_builder::SqlQuery| {
+    use crate::db::prepared::Statement;
+    fn bind_grant<'s>(q: Statement<'s>, m: &'s GrantMove<'_>) -> Statement<'s> {
         q.bind::<Text, _>(m.to.as_str())
             .bind::<BigInt, _>(m.at)
             .bind::<Nullable<BigInt>, _>(m.activated_at)
@@ -327,15 +336,14 @@ fn take_step(
             .bind::<Nullable<Text>, _>(m.failure)
             .bind::<Text, _>(m.id)
             .bind::<Text, _>(m.from.as_str())
-    };
+    }
     let (Some(job_sql), Some((job, how))) = (job_sql, then) else {
-        let n = bind_grant(diesel::sql_query(format!(
-            "{GRANT} SELECT count(*) AS grant, 0::bigint AS job FROM g"
-        )))
-        .get_result::<Moved>(&mut **c)?;
+        let sql = format!("{GRANT} SELECT count(*) AS grant, 0::bigint AS job FROM g");
+        let n = bind_grant(Statement::new(&sql), m).get_result::<Moved>(&mut **c)?;
         return Ok(n.grant > 0);
     };
-    let q = bind_grant(diesel::sql_query(format!("{GRANT}, {job_sql} {COUNTS}")))
+    let sql = format!("{GRANT}, {job_sql} {COUNTS}");
+    let q = bind_grant(Statement::new(&sql), m)
         .bind::<BigInt, _>(job.id)
         .bind::<BigInt, _>(job.version);
     let moved: Moved = match how {
