@@ -30,21 +30,37 @@ async fn read_limited(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, ApiError> {
-    if let Some(len) = header(req, "content-length").and_then(|v| v.parse::<usize>().ok()) {
-        if len > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
+    let declared = header(req, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
+    let read = |chunk: Result<web::Bytes, actix_web::error::PayloadError>| {
+        chunk.map_err(|e| match e {
             actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge(limit),
             other => ApiError::BadRequest(format!("cannot read the body: {other}")),
-        })?;
+        })
+    };
+    // A body that arrives as one chunk is used as it is, without a copy.
+    let first = match payload.next().await {
+        Some(chunk) => read(chunk)?,
+        None => return Ok(web::Bytes::new()),
+    };
+    if first.len() > limit {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let Some(second) = payload.next().await else {
+        return Ok(first);
+    };
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(2 * first.len()).min(limit));
+    body.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        let chunk = read(chunk)?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
+        next = payload.next().await;
     }
     Ok(body.freeze())
 }
