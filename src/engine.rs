@@ -442,13 +442,35 @@ fn insert_deliveries(
         return Ok(HashSet::new());
     }
     Ok(match conn {
-        Conn::Postgres(c) => diesel::insert_into(deliveries::table)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .returning((deliveries::source, deliveries::delivery_id))
-            .get_results::<(String, String)>(&mut **c)?
+        Conn::Postgres(c) => {
+            use diesel::sql_types::{Array, BigInt, Nullable, Text};
+            #[derive(QueryableByName)]
+            struct Key {
+                #[diesel(sql_type = Text)]
+                source: String,
+                #[diesel(sql_type = Text)]
+                delivery_id: String,
+            }
+            // Column arrays keep the text the same for any batch size, so
+            // the statement stays prepared.
+            let col = |f: fn(&DeliveryRow<'_>) -> String| rows.iter().map(f).collect::<Vec<_>>();
+            crate::db::prepared::Statement::new(
+                "INSERT INTO deliveries (source, delivery_id, received_at, body_sha256, ticket, outcome) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                   $6::text[]) \
+                 ON CONFLICT DO NOTHING RETURNING source, delivery_id",
+            )
+            .bind::<Array<Text>, _>(col(|r| r.source.to_string()))
+            .bind::<Array<Text>, _>(col(|r| r.delivery_id.to_string()))
+            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(col(|r| r.body_sha256.to_string()))
+            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.ticket.clone()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(col(|r| r.outcome.to_string()))
+            .load::<Key>(&mut **c)?
             .into_iter()
-            .collect(),
+            .map(|k| (k.source, k.delivery_id))
+            .collect()
+        }
         Conn::Sqlite(c) => {
             let mut new = HashSet::new();
             for row in rows {
