@@ -154,6 +154,11 @@ pub fn delete_grant_job(conn: &mut Conn<'_>, grant_id: &str) -> Result<(), Store
     Ok(())
 }
 
+const DUE: &str = "SELECT id FROM jobs WHERE run_at <= $1 \
+                   AND (locked_until IS NULL OR locked_until < $1) ORDER BY run_at LIMIT $2";
+const RETURNING: &str = "RETURNING id, kind, dedupe_key, payload, run_at, attempts, \
+                         last_error, locked_by, locked_until, version, created_at";
+
 /// Takes up to `limit` due jobs for this instance, under a lease, in one
 /// statement. A leased job's `run_at` moves to the lease's end (when it is
 /// due again if its runner died), so the search for due jobs walks past
@@ -166,13 +171,8 @@ pub fn claim(
     lease: Duration,
     limit: i64,
 ) -> Result<Vec<JobRow>, StoreError> {
-    use diesel::sql_types::{BigInt, Text};
+    use diesel::sql_types::BigInt;
     let now_us = to_micros(now);
-    let until = to_micros(now + lease);
-    const DUE: &str = "SELECT id FROM jobs WHERE run_at <= $1 \
-                       AND (locked_until IS NULL OR locked_until < $1) ORDER BY run_at LIMIT $2";
-    const RETURNING: &str = "RETURNING id, kind, dedupe_key, payload, run_at, attempts, \
-                             last_error, locked_by, locked_until, version, created_at";
     if db.backend() == "sqlite" {
         // SQLite's one write lock is not taken just to learn there is nothing to do.
         let any: Vec<JobId> = db.read(|conn| {
@@ -187,7 +187,21 @@ pub fn claim(
             return Ok(Vec::new());
         }
     }
-    let mut claimed: Vec<JobRow> = db.write(|conn| {
+    db.write(|conn| claim_in(conn, instance, now, lease, limit))
+}
+
+/// `claim` inside the caller's transaction.
+fn claim_in(
+    conn: &mut Conn<'_>,
+    instance: &str,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<JobRow>, StoreError> {
+    use diesel::sql_types::{BigInt, Text};
+    let now_us = to_micros(now);
+    let until = to_micros(now + lease);
+    let mut claimed: Vec<JobRow> = {
         let sql = match conn {
             Conn::Postgres(_) => format!(
                 "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
@@ -200,7 +214,7 @@ pub fn claim(
             )
             .replace('$', "?"),
         };
-        Ok(match conn {
+        match conn {
             Conn::Postgres(c) => crate::db::prepared::Statement::new(&sql)
                 .bind::<BigInt, _>(now_us)
                 .bind::<BigInt, _>(limit)
@@ -213,8 +227,8 @@ pub fn claim(
                 .bind::<Text, _>(instance)
                 .bind::<BigInt, _>(until)
                 .load(&mut **c)?,
-        })
-    })?;
+        }
+    };
     claimed.sort_by_key(|j| j.id);
     Ok(claimed)
 }
@@ -442,31 +456,45 @@ async fn claim_due(state: &Arc<AppState>, limit: usize) -> Result<Vec<Claimed>, 
     let now = state.clock.now();
     let instance = state.instance.clone();
     let lease = state.config.jobs.lease.0;
+    if state.db.backend() == "postgres" {
+        // Under load the claim shares the next batch's transaction (and its
+        // one WAL flush) instead of committing on its own.
+        return state
+            .commit
+            .submit("jobs:claim", now, move |conn, _events| {
+                let jobs = claim_in(conn, &instance, now, lease, limit as i64)?;
+                with_grants(conn, jobs)
+            })
+            .await;
+    }
     blocking(state, move |db| {
         let jobs = claim(db, &instance, now, lease, limit as i64)?;
-        let ids: Vec<String> = jobs.iter().filter_map(grant_id_of).collect();
-        let mut grants: std::collections::HashMap<String, GrantRow> = if ids.is_empty() {
-            Default::default()
-        } else {
-            db.read(|conn| {
-                Ok(dispatch!(conn, c => grants::table
-                    .filter(grants::id.eq_any(&ids))
-                    .select(GrantRow::as_select())
-                    .load::<GrantRow>(c))?)
-            })?
-            .into_iter()
-            .map(|g| (g.id.clone(), g))
-            .collect()
-        };
-        Ok(jobs
-            .into_iter()
-            .map(|job| {
-                let grant = grant_id_of(&job).and_then(|id| grants.remove(&id));
-                Claimed { job, grant }
-            })
-            .collect())
+        db.read(|conn| with_grants(conn, jobs))
     })
     .await
+}
+
+/// Claimed jobs beside their grants, read in one query.
+fn with_grants(conn: &mut Conn<'_>, jobs: Vec<JobRow>) -> Result<Vec<Claimed>, StoreError> {
+    let ids: Vec<String> = jobs.iter().filter_map(grant_id_of).collect();
+    let mut grants: std::collections::HashMap<String, GrantRow> = if ids.is_empty() {
+        Default::default()
+    } else {
+        dispatch!(conn, c => grants::table
+            .filter(grants::id.eq_any(&ids))
+            .select(GrantRow::as_select())
+            .load::<GrantRow>(c))?
+        .into_iter()
+        .map(|g| (g.id.clone(), g))
+        .collect()
+    };
+    Ok(jobs
+        .into_iter()
+        .map(|job| {
+            let grant = grant_id_of(&job).and_then(|id| grants.remove(&id));
+            Claimed { job, grant }
+        })
+        .collect())
 }
 
 /// Runs one claimed job and settles its row.
