@@ -13,6 +13,7 @@
 //! lane, so two lanes never wait on each other's rows.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -192,17 +193,51 @@ fn lane(
     mut rx: mpsc::Receiver<Queued>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+    let mut pending: VecDeque<Queued> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.blocking_recv() {
+                Some(u) => pending.push_back(u),
+                None => break,
+            }
+        }
+        // Taken off the channel only up to its own bound, so callers still
+        // wait when the lane is behind.
+        while pending.len() < QUEUE {
             match rx.try_recv() {
-                Ok(u) => batch.push(u),
+                Ok(u) => pending.push_back(u),
                 Err(_) => break,
             }
         }
+        let batch = next_batch(&mut pending);
         metrics.commit_batch.observe(batch.len() as f64);
         run_batch(&db, &config, &guess, batch);
     }
+}
+
+/// The next batch: grant-job units (steps, claims, expiries) first, then
+/// deliveries in arrival order. Under a flood of webhooks a grant step
+/// would otherwise wait behind every delivery queued before it, and a
+/// grant applied or revoked late is the cost that matters. Each unit checks
+/// the state it changes, so their order across units does not matter.
+fn next_batch(pending: &mut VecDeque<Queued>) -> Vec<Queued> {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut rest = VecDeque::with_capacity(pending.len());
+    for q in pending.drain(..) {
+        if batch.len() < MAX_BATCH && matches!(q, Queued::Other(_)) {
+            batch.push(q);
+        } else {
+            rest.push_back(q);
+        }
+    }
+    while batch.len() < MAX_BATCH {
+        match rest.pop_front() {
+            Some(q) => batch.push(q),
+            None => break,
+        }
+    }
+    *pending = rest;
+    batch
 }
 
 fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queued>) {
@@ -330,7 +365,69 @@ fn together(
 
 #[cfg(test)]
 mod tests {
-    use super::lane_of;
+    use super::*;
+
+    fn delivery(id: &str) -> Queued {
+        let (reply, _) = oneshot::channel();
+        Queued::Intake(Box::new(Intake {
+            at: chrono::DateTime::UNIX_EPOCH,
+            delivery: Delivery {
+                source: crate::domain::Source::Github,
+                id: id.into(),
+                body_sha256: String::new(),
+                parsed: crate::sources::Parsed::Ignored {
+                    why: "test".into(),
+                    ticket: None,
+                },
+            },
+            reply,
+        }))
+    }
+
+    fn step(n: usize) -> Queued {
+        let (reply, _) = oneshot::channel();
+        Queued::Other(Box::new(Typed {
+            at: chrono::DateTime::UNIX_EPOCH,
+            work: Box::new(move |_, _| Ok(n)),
+            out: None,
+            reply,
+        }))
+    }
+
+    fn shape(batch: &[Queued]) -> String {
+        batch
+            .iter()
+            .map(|q| match q {
+                Queued::Intake(i) => i.delivery.id.clone(),
+                Queued::Other(_) => "s".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    #[test]
+    fn job_units_go_first_and_deliveries_keep_their_order() {
+        let mut pending: VecDeque<Queued> = (0..MAX_BATCH + 10)
+            .map(|i| delivery(&format!("d{i}")))
+            .collect();
+        pending.push_back(step(1));
+        pending.push_back(delivery("late"));
+        pending.push_back(step(2));
+        let first = next_batch(&mut pending);
+        assert_eq!(first.len(), MAX_BATCH);
+        let expected: Vec<String> = ["s".to_string(), "s".to_string()]
+            .into_iter()
+            .chain((0..MAX_BATCH - 2).map(|i| format!("d{i}")))
+            .collect();
+        assert_eq!(shape(&first), expected.join(","));
+        let second = next_batch(&mut pending);
+        let rest: Vec<String> = (MAX_BATCH - 2..MAX_BATCH + 10)
+            .map(|i| format!("d{i}"))
+            .chain(["late".to_string()])
+            .collect();
+        assert_eq!(shape(&second), rest.join(","));
+        assert!(pending.is_empty());
+    }
 
     #[test]
     fn one_key_always_takes_one_lane() {
