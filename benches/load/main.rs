@@ -119,7 +119,7 @@ impl Settings {
             floor_secs: secs("BENCH_FLOOR_SECS", 10, 3),
             pool_size: env_or("BENCH_POOL_SIZE", 8),
             writers: env_or("BENCH_WRITERS", 2),
-            job_concurrency: env_or("BENCH_JOB_CONCURRENCY", 64),
+            job_concurrency: env_or("BENCH_JOB_CONCURRENCY", 256),
             stored: env_or("BENCH_STORED_GRANTS", pick(1_000_000, 50_000)).max(live),
             live,
             steady: env_or("BENCH_STEADY_EXPIRIES", pick(1_500, 300)),
