@@ -10,7 +10,7 @@ use crate::db::{Conn, StoreError};
 use crate::dispatch;
 use crate::domain::{from_micros, rfc3339, to_micros, GrantState};
 
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable, PartialEq, Eq)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, PartialEq, Eq)]
 #[diesel(table_name = grants)]
 pub struct GrantRow {
     pub id: String,
@@ -91,32 +91,6 @@ pub fn of_ticket(conn: &mut Conn<'_>, ticket: &str) -> Result<Vec<GrantRow>, Sto
         .order(grants::created_at.asc())
         .select(GrantRow::as_select())
         .load(c))?)
-}
-
-/// The grants of several tickets, oldest first.
-pub fn of_tickets(conn: &mut Conn<'_>, tickets: &[String]) -> Result<Vec<GrantRow>, StoreError> {
-    let mut tickets = tickets.to_vec();
-    tickets.sort_unstable();
-    tickets.dedup();
-    Ok(match conn {
-        // One index probe per ticket. `ticket = ANY($1)` is estimated at
-        // 0.5% of the table per key until the table is analyzed, which
-        // made a batch of twenty keys scan a table of a few thousand
-        // grants whole (1 ms a batch); `OFFSET 0` keeps the planner from
-        // flattening the lateral back into that join.
-        Conn::Postgres(c) => crate::db::prepared::Statement::new(
-            "SELECT g.* FROM unnest($1::text[]) AS k(key), \
-             LATERAL (SELECT * FROM grants WHERE ticket = k.key OFFSET 0) g \
-             ORDER BY g.created_at",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&tickets)
-        .load(&mut **c)?,
-        Conn::Sqlite(c) => grants::table
-            .filter(grants::ticket.eq_any(&tickets))
-            .order(grants::created_at.asc())
-            .select(GrantRow::as_select())
-            .load(&mut **c)?,
-    })
 }
 
 #[derive(Debug, Default, Clone)]

@@ -201,33 +201,31 @@ fn claim_in(
     use diesel::sql_types::{BigInt, Text};
     let now_us = to_micros(now);
     let until = to_micros(now + lease);
-    let mut claimed: Vec<JobRow> = {
-        let sql = match conn {
-            Conn::Postgres(_) => format!(
-                "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
-                 WHERE id IN ({DUE} FOR UPDATE SKIP LOCKED) {RETURNING}"
-            ),
-            // SQLite numbers `$N` parameters by first appearance; `?N` by N.
-            Conn::Sqlite(_) => format!(
-                "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
-                 WHERE id IN ({DUE}) {RETURNING}"
-            )
-            .replace('$', "?"),
-        };
-        match conn {
-            Conn::Postgres(c) => crate::db::prepared::Statement::new(&sql)
-                .bind::<BigInt, _>(now_us)
-                .bind::<BigInt, _>(limit)
-                .bind::<Text, _>(instance)
-                .bind::<BigInt, _>(until)
-                .load(&mut **c)?,
-            Conn::Sqlite(c) => diesel::sql_query(&sql)
-                .bind::<BigInt, _>(now_us)
-                .bind::<BigInt, _>(limit)
-                .bind::<Text, _>(instance)
-                .bind::<BigInt, _>(until)
-                .load(&mut **c)?,
-        }
+    let sql = match conn {
+        Conn::Postgres(_) => format!(
+            "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
+             WHERE id IN ({DUE} FOR UPDATE SKIP LOCKED) {RETURNING}"
+        ),
+        // SQLite numbers `$N` parameters by first appearance; `?N` by N.
+        Conn::Sqlite(_) => format!(
+            "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
+             WHERE id IN ({DUE}) {RETURNING}"
+        )
+        .replace('$', "?"),
+    };
+    let mut claimed: Vec<JobRow> = match conn {
+        Conn::Postgres(c) => crate::db::prepared::Statement::new(&sql)
+            .bind::<BigInt, _>(now_us)
+            .bind::<BigInt, _>(limit)
+            .bind::<Text, _>(instance)
+            .bind::<BigInt, _>(until)
+            .load(&mut **c)?,
+        Conn::Sqlite(c) => diesel::sql_query(&sql)
+            .bind::<BigInt, _>(now_us)
+            .bind::<BigInt, _>(limit)
+            .bind::<Text, _>(instance)
+            .bind::<BigInt, _>(until)
+            .load(&mut **c)?,
     };
     claimed.sort_by_key(|j| j.id);
     Ok(claimed)
