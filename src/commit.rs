@@ -10,7 +10,9 @@
 //! A unit that fails rolls its whole batch back, and every unit of that
 //! batch then runs again in a transaction of its own, so one bad unit never
 //! costs the others their answer. Units for one ticket always take the same
-//! lane, so two lanes never wait on each other's rows.
+//! lane, so two lanes never wait on each other's rows. A lane takes its
+//! queued grant-job units before its queued deliveries, and the lanes take
+//! turns at the audit chain's head from the append to the commit.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
@@ -241,57 +243,54 @@ fn next_batch(pending: &mut VecDeque<Queued>) -> Vec<Queued> {
 }
 
 fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queued>) {
-    {
-        // A deadlock with another replica or a dropped connection is worth
-        // one more try of the whole batch before it is split.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match together(db, config, guess, &mut batch) {
-                Ok(ingested) => {
-                    let mut ingested = ingested.into_iter();
-                    for q in batch {
-                        match q {
-                            Queued::Intake(i) => {
-                                let answer = ingested.next().ok_or_else(stopped);
-                                let _ = i.reply.send(answer);
-                            }
-                            Queued::Other(u) => u.complete(Ok(())),
+    // A deadlock with another replica or a dropped connection is worth
+    // one more try of the whole batch before it is split.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match together(db, config, guess, &mut batch) {
+            Ok(ingested) => {
+                let mut ingested = ingested.into_iter();
+                for q in batch {
+                    match q {
+                        Queued::Intake(i) => {
+                            let answer = ingested.next().ok_or_else(stopped);
+                            let _ = i.reply.send(answer);
                         }
+                        Queued::Other(u) => u.complete(Ok(())),
                     }
-                    return;
                 }
-                // Alone in its batch, a unit's own error is its answer.
-                Err(e)
-                    if batch.len() == 1
-                        && (tries >= 2 || !matches!(e, StoreError::Unavailable(_))) =>
-                {
-                    match batch.pop() {
-                        Some(Queued::Intake(i)) => {
+                return;
+            }
+            // Alone in its batch, a unit's own error is its answer.
+            Err(e)
+                if batch.len() == 1 && (tries >= 2 || !matches!(e, StoreError::Unavailable(_))) =>
+            {
+                match batch.pop() {
+                    Some(Queued::Intake(i)) => {
+                        let _ = i.reply.send(Err(e));
+                    }
+                    Some(Queued::Other(u)) => u.complete(Err(e)),
+                    None => {}
+                }
+                return;
+            }
+            Err(StoreError::Unavailable(why)) if tries >= 2 => {
+                for q in batch {
+                    let e = StoreError::Unavailable(why.clone());
+                    match q {
+                        Queued::Intake(i) => {
                             let _ = i.reply.send(Err(e));
                         }
-                        Some(Queued::Other(u)) => u.complete(Err(e)),
-                        None => {}
+                        Queued::Other(u) => u.complete(Err(e)),
                     }
-                    return;
                 }
-                Err(StoreError::Unavailable(why)) if tries >= 2 => {
-                    for q in batch {
-                        let e = StoreError::Unavailable(why.clone());
-                        match q {
-                            Queued::Intake(i) => {
-                                let _ = i.reply.send(Err(e));
-                            }
-                            Queued::Other(u) => u.complete(Err(e)),
-                        }
-                    }
-                    return;
-                }
-                Err(StoreError::Unavailable(_)) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, units = batch.len(), "batch failed; running its units one by one");
-                    break;
-                }
+                return;
+            }
+            Err(StoreError::Unavailable(_)) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, units = batch.len(), "batch failed; running its units one by one");
+                break;
             }
         }
     }
