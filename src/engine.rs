@@ -539,8 +539,9 @@ fn flush_tickets(conn: &mut Conn<'_>, t: &Tickets) -> Result<(), StoreError> {
     save_decisions(conn, &t.decisions)
 }
 
-/// `flush_tickets` on PostgreSQL: the new grants, their jobs, the decisions
-/// and the tickets in one statement, each table's rows as column arrays.
+/// `flush_tickets` on PostgreSQL: the new grants, their jobs (scheduled as
+/// `jobs::enqueue_grant` would), the decisions and the tickets in one
+/// statement, each table's rows as column arrays.
 /// Every statement is a round trip (and a parse and a plan) inside the
 /// batch's transaction; this was four.
 fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), StoreError> {
@@ -837,38 +838,21 @@ fn grant_created(row: &GrantRow, extra: serde_json::Value) -> NewEvent {
     .grant(&row.id)
 }
 
-/// Inserts new grants and schedules each one's job at its start (or at
-/// its creation, if it has started): one statement for each on PostgreSQL.
+/// Inserts new grants and schedules each one's job at its start (or at its
+/// creation, if it has started). A batch's grants on PostgreSQL are written
+/// by `flush_postgres` instead; this serves single grants and SQLite.
 fn insert_grants(conn: &mut Conn<'_>, rows: &[GrantRow]) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
+    for r in rows {
+        dispatch!(conn, c => diesel::insert_into(grants::table).values(r).execute(c))?;
+        let run_at = crate::domain::from_micros(r.starts_at.max(r.created_at));
+        jobs::enqueue_grant(
+            conn,
+            &r.id,
+            run_at,
+            crate::domain::from_micros(r.created_at),
+        )?;
     }
-    let jobs: Vec<jobs::NewGrantJob> = rows
-        .iter()
-        .map(|r| jobs::NewGrantJob {
-            grant_id: &r.id,
-            run_at: r.starts_at.max(r.created_at),
-            created_at: r.created_at,
-        })
-        .collect();
-    match conn {
-        Conn::Postgres(c) => {
-            // Bound each statement's parameters (65,535 on PostgreSQL).
-            for chunk in rows.chunks(1_000) {
-                diesel::insert_into(grants::table)
-                    .values(chunk)
-                    .execute(&mut **c)?;
-            }
-        }
-        Conn::Sqlite(c) => {
-            for r in rows {
-                diesel::insert_into(grants::table)
-                    .values(r)
-                    .execute(&mut **c)?;
-            }
-        }
-    }
-    jobs::enqueue_grants(conn, &jobs)
+    Ok(())
 }
 
 fn record_decision(

@@ -92,63 +92,6 @@ pub fn enqueue(
     Ok(())
 }
 
-/// A new grant's first job.
-pub struct NewGrantJob<'a> {
-    pub grant_id: &'a str,
-    pub run_at: i64,
-    pub created_at: i64,
-}
-
-/// Schedules the jobs of grants just inserted: their keys are new, so on
-/// PostgreSQL one multi-row insert does it; a key already there (which a
-/// new grant's id makes impossible) is moved as by `enqueue_grant`.
-pub fn enqueue_grants(conn: &mut Conn<'_>, new: &[NewGrantJob<'_>]) -> Result<(), StoreError> {
-    match conn {
-        Conn::Postgres(c) => {
-            use diesel::upsert::excluded;
-            let rows: Vec<_> = new
-                .iter()
-                .map(|j| {
-                    (
-                        jobs::kind.eq(GRANT),
-                        jobs::dedupe_key.eq(format!("grant:{}", j.grant_id)),
-                        jobs::payload.eq(json!({ "grant_id": j.grant_id }).to_string()),
-                        jobs::run_at.eq(j.run_at),
-                        jobs::attempts.eq(0),
-                        jobs::version.eq(0i64),
-                        jobs::created_at.eq(j.created_at),
-                    )
-                })
-                .collect();
-            for chunk in rows.chunks(1_000) {
-                diesel::insert_into(jobs::table)
-                    .values(chunk)
-                    .on_conflict(jobs::dedupe_key)
-                    .do_update()
-                    .set((
-                        jobs::run_at.eq(excluded(jobs::run_at)),
-                        jobs::payload.eq(excluded(jobs::payload)),
-                        jobs::attempts.eq(0),
-                        jobs::last_error.eq(None::<String>),
-                        jobs::version.eq(jobs::version + 1),
-                    ))
-                    .execute(&mut **c)?;
-            }
-        }
-        Conn::Sqlite(_) => {
-            for j in new {
-                enqueue_grant(
-                    conn,
-                    j.grant_id,
-                    from_micros(j.run_at),
-                    from_micros(j.created_at),
-                )?;
-            }
-        }
-    }
-    Ok(())
-}
-
 pub fn delete_grant_job(conn: &mut Conn<'_>, grant_id: &str) -> Result<(), StoreError> {
     dispatch!(conn, c => diesel::delete(jobs::table.filter(jobs::dedupe_key.eq(format!("grant:{grant_id}")))).execute(c))?;
     Ok(())
@@ -332,7 +275,7 @@ fn take_step(
             "j AS (DELETE FROM jobs WHERE id = $8 AND version = $9 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
         ),
         Some((_, Finish::Gone)) => Some(
-            "j AS (DELETE FROM jobs WHERE id = $8 AND $9 = $9 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
+            "j AS (DELETE FROM jobs WHERE id = $8 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
         ),
         Some((_, Finish::At { .. })) => Some(
             "j AS (UPDATE jobs SET run_at = $10, attempts = $11, last_error = $12, locked_by = NULL, \
