@@ -37,6 +37,8 @@ pub struct AppState {
     pub tokens: crate::providers::token::KeyRing,
     /// Group commit for webhook intake and grant jobs.
     pub commit: crate::commit::Committer,
+    /// Which supervised loops run now (`/readyz`).
+    pub health: Arc<crate::supervisor::Health>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,14 +102,17 @@ impl AppState {
         let tokens = crate::providers::token::KeyRing::new(&config).map_err(AppError::Keys)?;
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
+        let health = crate::supervisor::Health::new();
         let commit = crate::commit::Committer::start(
             db.clone(),
             config.clone(),
             config.database.writers,
             metrics.clone(),
+            &health,
         );
         Ok(AppState {
             commit,
+            health,
             providers,
             ci,
             tokens,

@@ -13,10 +13,16 @@
 //! lane, so two lanes never wait on each other's rows. A lane takes its
 //! queued grant-job units before its queued deliveries, and the lanes take
 //! turns at the audit chain's head from the append to the commit.
+//!
+//! A unit that panics is one failed unit, not a dead lane: its batch is
+//! rolled back and split like a failed one, and the unit alone answers
+//! `StoreError::Panicked`. Each lane thread is also supervised: if its
+//! loop ever dies it is restarted, and its `Health` part is down meanwhile.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +33,7 @@ use crate::config::Config;
 use crate::db::{Conn, Db, StoreError};
 use crate::engine::{self, Delivery, Ingested};
 use crate::metrics::Metrics;
+use crate::supervisor::{panic_text, Health};
 
 /// The most units one transaction takes: enough to share a commit among
 /// many webhooks, few enough that the batch's locks are held only briefly.
@@ -100,8 +107,15 @@ impl std::fmt::Debug for Committer {
 }
 
 impl Committer {
-    /// Starts `lanes` writer threads (SQLite has one writer, so it gets one).
-    pub fn start(db: Db, config: Arc<Config>, lanes: usize, metrics: Arc<Metrics>) -> Committer {
+    /// Starts `lanes` writer threads (SQLite has one writer, so it gets one),
+    /// each registered in `health` as `commit-lane-N`.
+    pub fn start(
+        db: Db,
+        config: Arc<Config>,
+        lanes: usize,
+        metrics: Arc<Metrics>,
+        health: &Health,
+    ) -> Committer {
         let lanes = if db.backend() == "sqlite" {
             1
         } else {
@@ -113,9 +127,10 @@ impl Committer {
                 let (tx, rx) = mpsc::channel::<Queued>(QUEUE);
                 let db = db.clone();
                 let (config, metrics, guess) = (config.clone(), metrics.clone(), guess.clone());
+                let part = health.register(format!("commit-lane-{i}"));
                 let spawned = std::thread::Builder::new()
                     .name(format!("warrant-commit-{i}"))
-                    .spawn(move || lane(db, config, guess, rx, metrics));
+                    .spawn(move || supervise_lane(&part, db, config, guess, rx, metrics));
                 if let Err(e) = spawned {
                     // Without its thread the lane's receiver is gone and
                     // every submit to it answers 503.
@@ -188,7 +203,12 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-fn lane(
+/// Runs a lane's loop until its channel closes (the service is stopping),
+/// restarting it if it ever panics. Units still queued survive a restart;
+/// only the batch in hand when the loop died is lost, and its callers are
+/// answered with an error when their reply channels drop.
+fn supervise_lane(
+    part: &crate::supervisor::Part,
     db: Db,
     config: Arc<Config>,
     guess: Arc<audit::Guess>,
@@ -196,6 +216,37 @@ fn lane(
     metrics: Arc<Metrics>,
 ) {
     let mut pending: VecDeque<Queued> = VecDeque::new();
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        part.set_up(true);
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            lane(&db, &config, &guess, &mut rx, &mut pending, &metrics)
+        }));
+        match ran {
+            Ok(()) => break,
+            Err(payload) => {
+                part.died();
+                tracing::error!(
+                    lane = part.name(),
+                    panic = %panic_text(payload.as_ref()),
+                    "commit lane panicked; restarting it"
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+    part.set_up(false);
+}
+
+fn lane(
+    db: &Db,
+    config: &Config,
+    guess: &audit::Guess,
+    rx: &mut mpsc::Receiver<Queued>,
+    pending: &mut VecDeque<Queued>,
+    metrics: &Metrics,
+) {
     loop {
         if pending.is_empty() {
             match rx.blocking_recv() {
@@ -211,9 +262,9 @@ fn lane(
                 Err(_) => break,
             }
         }
-        let batch = next_batch(&mut pending);
+        let batch = next_batch(pending);
         metrics.commit_batch.observe(batch.len() as f64);
-        run_batch(&db, &config, &guess, batch);
+        run_batch(db, config, guess, batch);
     }
 }
 
@@ -248,7 +299,11 @@ fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queu
     let mut tries = 0;
     loop {
         tries += 1;
-        match together(db, config, guess, &mut batch) {
+        // A panic in any unit fails the batch like an error would; the
+        // units then run one by one, so it fails only the unit that panics.
+        let ran = catch_unwind(AssertUnwindSafe(|| together(db, config, guess, &mut batch)))
+            .unwrap_or_else(|payload| Err(panicked(payload.as_ref())));
+        match ran {
             Ok(ingested) => {
                 let mut ingested = ingested.into_iter();
                 for q in batch {
@@ -297,25 +352,46 @@ fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queu
     for q in batch {
         match q {
             Queued::Intake(i) => {
-                let result = db.write(|conn| {
-                    let mut one = engine::ingest_batch(conn, config, &[(i.at, &i.delivery)])?;
-                    let (ingested, events) = one.pop().ok_or_else(stopped)?;
-                    audit::append(conn, i.at, events)?;
-                    Ok(ingested)
+                let result = alone(|| {
+                    db.write(|conn| {
+                        let mut one = engine::ingest_batch(conn, config, &[(i.at, &i.delivery)])?;
+                        let (ingested, events) = one.pop().ok_or_else(stopped)?;
+                        audit::append(conn, i.at, events)?;
+                        Ok(ingested)
+                    })
                 });
+                if let Err(StoreError::Panicked(why)) = &result {
+                    tracing::error!(source = %i.delivery.source, delivery = %i.delivery.id, panic = %why, "a delivery panicked; it alone fails");
+                }
                 let _ = i.reply.send(result);
             }
             Queued::Other(mut u) => {
                 let at = u.at();
-                let result = db.write(|conn| {
-                    let mut events = Vec::new();
-                    u.run(conn, &mut events)?;
-                    audit::append(conn, at, events)
+                let result = alone(|| {
+                    db.write(|conn| {
+                        let mut events = Vec::new();
+                        u.run(conn, &mut events)?;
+                        audit::append(conn, at, events)
+                    })
                 });
+                if let Err(StoreError::Panicked(why)) = &result {
+                    tracing::error!(panic = %why, "a unit of work panicked; it alone fails");
+                }
                 u.complete(result);
             }
         }
     }
+}
+
+/// Runs one unit's transaction; a panic inside it becomes its error. The
+/// transaction is not committed, and the pool discards a connection that
+/// was checked out while a thread panicked.
+fn alone<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(panicked(payload.as_ref())))
+}
+
+fn panicked(payload: &(dyn std::any::Any + Send)) -> StoreError {
+    StoreError::Panicked(panic_text(payload))
 }
 
 /// Runs the whole batch in one transaction: the deliveries together first,

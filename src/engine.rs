@@ -195,6 +195,10 @@ pub fn ingest_batch(
         .collect();
     let mut t = Tickets::default();
     if !keys.is_empty() {
+        // Read, decide and write under the tickets' locks, so another
+        // replica folding a delivery of the same ticket waits for this
+        // batch's commit instead of deciding on what it overwrites.
+        crate::db::tickets::lock(conn, &keys)?;
         let (loaded, grants) = tickets_with_grants(conn, &keys)?;
         t.rows = loaded.into_iter().map(|r| (r.key.clone(), r)).collect();
         for k in &keys {
@@ -576,7 +580,8 @@ fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), Store
            $30::bigint[], $31::bigint[]) \
          ON CONFLICT (key) DO UPDATE SET snapshot = excluded.snapshot, \
            source_updated_at = excluded.source_updated_at, decision = excluded.decision, \
-           updated_at = excluded.updated_at",
+           updated_at = excluded.updated_at \
+         WHERE tickets.source_updated_at <= excluded.source_updated_at",
     )
     .bind::<Array<Text>, _>(col(g, |r| r.id.clone()))
     .bind::<Array<Text>, _>(col(g, |r| r.ticket.clone()))
@@ -663,6 +668,7 @@ pub fn reconcile_ticket(
     key: &str,
 ) -> Result<bool, StoreError> {
     db.write(|conn| {
+        crate::db::tickets::lock(conn, &[key.to_string()])?;
         let Some(row) = load_ticket(conn, key)? else {
             return Ok(false);
         };

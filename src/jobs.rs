@@ -471,11 +471,66 @@ async fn run_one(state: &Arc<AppState>, claimed: Claimed) {
         .inc();
 }
 
+/// Runs one claimed job; a panic while it runs fails that job alone: it is
+/// audited (`job.panicked`) and retried after a backoff like a failed
+/// provider call, and the runner goes on with the others.
+async fn run_guarded(state: &Arc<AppState>, claimed: Claimed) {
+    use futures_util::FutureExt;
+    let job = claimed.job.clone();
+    let grant = claimed
+        .grant
+        .as_ref()
+        .map(|g| (g.ticket.clone(), g.id.clone()));
+    let Err(payload) = std::panic::AssertUnwindSafe(run_one(state, claimed))
+        .catch_unwind()
+        .await
+    else {
+        return;
+    };
+    let why = crate::supervisor::panic_text(payload.as_ref());
+    tracing::error!(job = job.id, kind = %job.kind, panic = %why, "a job panicked; it will be retried");
+    state
+        .metrics
+        .jobs
+        .get_or_create(&JobLabels {
+            kind: job.kind.clone(),
+            outcome: "panic".into(),
+        })
+        .inc();
+    let now = state.clock.now();
+    let retry = Finish::At {
+        run_at: now
+            .checked_add_signed(backoff(state, job.attempts))
+            .unwrap_or(now),
+        attempts: job.attempts.saturating_add(1),
+        error: Some(format!("panicked: {why}")),
+    };
+    let lane = grant
+        .as_ref()
+        .map_or_else(|| format!("job:{}", job.id), |(t, _)| t.clone());
+    let data = json!({ "job": job.id, "kind": job.kind, "attempt": job.attempts.saturating_add(1), "error": why });
+    let settled = state
+        .commit
+        .submit(&lane, now, move |conn, events| {
+            let mut e = NewEvent::new("job.panicked", "warrant", data.clone());
+            if let Some((ticket, id)) = &grant {
+                e = e.ticket(ticket).grant(id);
+            }
+            events.push(e);
+            finish_in(conn, &job, &retry)
+        })
+        .await;
+    if let Err(e) = settled {
+        // The lease runs out and the job is taken up again.
+        tracing::warn!(error = %e, "a panicked job could not be rescheduled");
+    }
+}
+
 /// Claims one batch of due jobs and runs them all; returns how many ran.
 pub async fn run_due(state: &Arc<AppState>) -> Result<usize, StoreError> {
     let claimed = claim_due(state, state.config.jobs.concurrency).await?;
     let n = claimed.len();
-    futures_util::future::join_all(claimed.into_iter().map(|c| run_one(state, c))).await;
+    futures_util::future::join_all(claimed.into_iter().map(|c| run_guarded(state, c))).await;
     Ok(n)
 }
 
@@ -948,126 +1003,154 @@ const CLAIM_GAP: StdDuration = StdDuration::from_millis(10);
 
 pub struct RunnerHandle {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunnerHandle {
     /// Stops claiming new jobs and waits for the ones in flight.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
 impl Runner {
-    /// Keeps up to `jobs.concurrency` jobs running: as soon as one ends its
-    /// slot is filled from the due jobs, so one slow provider call never
-    /// holds back the rest.
+    /// Starts the job runner and the sweeper, each under a supervisor that
+    /// restarts it if it ever panics or ends (see `supervisor`).
     pub fn spawn(state: Arc<AppState>) -> RunnerHandle {
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let concurrency = state.config.jobs.concurrency.max(1);
-            let slots = Arc::new(Semaphore::new(concurrency));
-            let freed = Arc::new(tokio::sync::Notify::new());
-            let mut last_sweep: Option<DateTime<Utc>> = None;
-            let mut next_known: Option<(Instant, Option<DateTime<Utc>>)> = None;
-            let mut sweeping: Option<JoinHandle<()>> = None;
-            let mut last_claim: Option<Instant> = None;
-            loop {
-                if *stopped.borrow() {
-                    break;
-                }
-                let free = slots.available_permits();
-                if free == 0 {
-                    tokio::select! {
-                        _ = stopped.changed() => {}
-                        _ = freed.notified() => {}
-                    }
-                    continue;
-                }
-                if let Some(gap) = last_claim.and_then(|t| CLAIM_GAP.checked_sub(t.elapsed())) {
-                    tokio::select! {
-                        _ = stopped.changed() => {}
-                        _ = tokio::time::sleep(gap) => {}
-                    }
-                    continue;
-                }
-                let started = Instant::now();
-                let wait = match claim_due(&state, free).await {
-                    Ok(claimed) if !claimed.is_empty() => {
-                        last_claim = Some(started);
-                        for claimed in claimed {
-                            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                                // Cannot happen (only this loop takes slots);
-                                // the lease would hand the job on anyway.
-                                break;
-                            };
-                            let (st, freed) = (state.clone(), freed.clone());
-                            tokio::spawn(async move {
-                                run_one(&st, claimed).await;
-                                drop(permit);
-                                freed.notify_one();
-                            });
-                        }
-                        continue;
-                    }
-                    Ok(_) => {
-                        let now = state.clock.now();
-                        let sweep_due = last_sweep
-                            .is_none_or(|t| now - t >= state.config.jobs.sweep_interval.0);
-                        if sweep_due && sweeping.as_ref().is_none_or(|h| h.is_finished()) {
-                            last_sweep = Some(now);
-                            // Beside the runner, so due jobs never wait for it.
-                            let st = state.clone();
-                            sweeping = Some(tokio::spawn(async move {
-                                if let Err(e) = blocking(&st, move |db| sweep(db, now)).await {
-                                    tracing::warn!(error = %e, "sweep failed");
-                                }
-                            }));
-                        }
-                        // Under load the runner wakes hundreds of times a
-                        // second; the next due time is looked up at most
-                        // every RECHECK, and the sleep never runs past it.
-                        // A remembered time already past was the job just
-                        // claimed: look again rather than spin.
-                        let fresh = next_known.filter(|(checked, next)| {
-                            checked.elapsed() < RECHECK && next.is_none_or(|t| t > now)
-                        });
-                        let next = match fresh {
-                            Some((_, next)) => Ok(next),
-                            None => blocking(&state, next_due).await.inspect(|next| {
-                                next_known = Some((Instant::now(), *next));
-                            }),
-                        };
-                        let cap = if fresh.is_some() {
-                            RECHECK
-                        } else {
-                            StdDuration::from_secs(1)
-                        };
-                        match next {
-                            Ok(Some(t)) => (t - now).to_std().unwrap_or(StdDuration::ZERO).min(cap),
-                            Ok(None) | Err(_) => cap,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "job runner cannot reach the database");
-                        StdDuration::from_secs(1)
-                    }
-                };
-                tokio::select! {
-                    _ = stopped.changed() => {}
-                    _ = state.wake.notified() => {}
-                    // A job that ended may have left work due now.
-                    _ = freed.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            // Jobs in flight (and a sweep) finish before the runner reports stopped.
-            let _ = slots.acquire_many(concurrency as u32).await;
-            if let Some(h) = sweeping {
-                let _ = h.await;
-            }
-        });
-        RunnerHandle { stop, task }
+        let (stop, stopped) = watch::channel(false);
+        let runner = {
+            let (state, stopped) = (state.clone(), stopped.clone());
+            crate::supervisor::spawn(
+                &state.clone().health,
+                "job-runner",
+                stopped.clone(),
+                move || run_loop(state.clone(), stopped.clone()),
+            )
+        };
+        let sweeper = {
+            let (state, stopped) = (state.clone(), stopped.clone());
+            crate::supervisor::spawn(
+                &state.clone().health,
+                "sweeper",
+                stopped.clone(),
+                move || sweep_loop(state.clone(), stopped.clone()),
+            )
+        };
+        RunnerHandle {
+            stop,
+            tasks: vec![runner, sweeper],
+        }
     }
+}
+
+/// The safety net's loop: every `jobs.sweep_interval`, any grant that needs
+/// work but has no job gets one. Beside the runner, so due jobs never wait
+/// for it.
+async fn sweep_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
+    let every = state.config.jobs.sweep_interval.std();
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let now = state.clock.now();
+        if let Err(e) = blocking(&state, move |db| sweep(db, now)).await {
+            tracing::warn!(error = %e, "sweep failed");
+        }
+        tokio::select! {
+            _ = stopped.changed() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Keeps up to `jobs.concurrency` jobs running: as soon as one ends its
+/// slot is filled from the due jobs, so one slow provider call never holds
+/// back the rest.
+async fn run_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
+    let concurrency = state.config.jobs.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let mut next_known: Option<(Instant, Option<DateTime<Utc>>)> = None;
+    let mut last_claim: Option<Instant> = None;
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = stopped.changed() => {}
+                _ = freed.notified() => {}
+            }
+            continue;
+        }
+        if let Some(gap) = last_claim.and_then(|t| CLAIM_GAP.checked_sub(t.elapsed())) {
+            tokio::select! {
+                _ = stopped.changed() => {}
+                _ = tokio::time::sleep(gap) => {}
+            }
+            continue;
+        }
+        let started = Instant::now();
+        let wait = match claim_due(&state, free).await {
+            Ok(claimed) if !claimed.is_empty() => {
+                last_claim = Some(started);
+                for claimed in claimed {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        // Cannot happen (only this loop takes slots);
+                        // the lease would hand the job on anyway.
+                        break;
+                    };
+                    let (st, freed) = (state.clone(), freed.clone());
+                    tokio::spawn(async move {
+                        run_guarded(&st, claimed).await;
+                        drop(permit);
+                        freed.notify_one();
+                    });
+                }
+                continue;
+            }
+            Ok(_) => {
+                let now = state.clock.now();
+                // Under load the runner wakes hundreds of times a second;
+                // the next due time is looked up at most every RECHECK, and
+                // the sleep never runs past it. A remembered time already
+                // past was the job just claimed: look again rather than spin.
+                let fresh = next_known.filter(|(checked, next)| {
+                    checked.elapsed() < RECHECK && next.is_none_or(|t| t > now)
+                });
+                let next = match fresh {
+                    Some((_, next)) => Ok(next),
+                    None => blocking(&state, next_due).await.inspect(|next| {
+                        next_known = Some((Instant::now(), *next));
+                    }),
+                };
+                let cap = if fresh.is_some() {
+                    RECHECK
+                } else {
+                    StdDuration::from_secs(1)
+                };
+                match next {
+                    Ok(Some(t)) => (t - now).to_std().unwrap_or(StdDuration::ZERO).min(cap),
+                    Ok(None) | Err(_) => cap,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "job runner cannot reach the database");
+                StdDuration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = stopped.changed() => {}
+            _ = state.wake.notified() => {}
+            // A job that ended may have left work due now.
+            _ = freed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    // Jobs in flight finish before the runner reports stopped.
+    let _ = slots.acquire_many(concurrency as u32).await;
 }

@@ -24,4 +24,5 @@ pub mod policy;
 pub mod providers;
 pub mod sources;
 pub mod store;
+pub mod supervisor;
 pub mod ticket;

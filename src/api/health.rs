@@ -17,6 +17,18 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    // A loop that commits or revokes is down (and being restarted): the
+    // process answers, but it cannot keep its promises now.
+    let down = state.health.down();
+    if !down.is_empty() {
+        tracing::warn!(parts = ?down, "not ready: supervised parts are down");
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "unavailable",
+            "database": state.db.backend(),
+            "down": down,
+            "message": "parts of warrant that commit or revoke are restarting",
+        }));
+    }
     let db = state.db.clone();
     match blocking(move || Ok(db.ready())).await {
         Ok(Ok(())) => {

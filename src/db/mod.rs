@@ -5,6 +5,7 @@
 
 pub mod prepared;
 pub mod schema;
+pub mod tickets;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("migrations failed: {0}")]
     Migration(String),
+    /// A bug panicked while this unit of work ran; nothing of it was
+    /// committed, and the service went on (HTTP 500 for a request).
+    #[error("the work panicked: {0}")]
+    Panicked(String),
 }
 
 impl From<diesel::result::Error> for StoreError {

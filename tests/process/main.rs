@@ -14,4 +14,5 @@ mod cli;
 mod crash;
 mod outage;
 mod proc;
+mod race;
 mod replicas;
