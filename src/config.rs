@@ -546,7 +546,10 @@ impl Default for JobsConfig {
             apply_attempts: 8,
             initial_backoff: ConfigDuration(Duration::seconds(1)),
             max_backoff: ConfigDuration(Duration::minutes(5)),
-            lease: ConfigDuration(Duration::seconds(60)),
+            // The contract takes a dead runner's job over within 15s: the
+            // lease, then at most a second until a runner claims it. Above
+            // the providers' default timeouts (5s, 10s).
+            lease: ConfigDuration(Duration::seconds(12)),
             sweep_interval: ConfigDuration(Duration::seconds(30)),
             concurrency: 256,
         }
@@ -1115,6 +1118,10 @@ mod tests {
     #[test]
     fn empty_config_has_safe_defaults() {
         let c = parse("").unwrap();
+        assert!(
+            c.jobs.lease.0 <= Duration::seconds(14),
+            "taken over within 15s"
+        );
         assert_eq!(c.database.url, "sqlite://warrant.db");
         assert_eq!(c.server.max_body_bytes, 1 << 20);
     }

@@ -1,9 +1,11 @@
 //! Durable jobs: rows in `jobs` with a `run_at`, claimed under a lease
 //! (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer), retried
 //! with capped, jittered exponential backoff. One job per grant drives it
-//! through its life, so no two provider calls for a grant ever overlap.
-//! The runner sleeps until the next job is due or until this process
-//! enqueues one.
+//! through its life, and its lease is renewed while it runs (on
+//! PostgreSQL's clock there, so replicas' clocks need not agree), and every
+//! provider call ends before the lease could pass on: no two provider calls
+//! for a grant ever overlap. The runner sleeps until the next job is due or
+//! until this process enqueues one.
 
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
