@@ -390,6 +390,17 @@ impl ProviderConfig {
             ProviderConfig::Token(_) => "token",
         }
     }
+
+    /// The deadline of one call to the provider; `None` for a provider
+    /// that calls nothing outside warrant.
+    pub fn timeout(&self) -> Option<ConfigDuration> {
+        match self {
+            ProviderConfig::Postgres(p) => Some(p.timeout),
+            ProviderConfig::Http(h) => Some(h.timeout),
+            ProviderConfig::GithubTeam(g) => Some(g.timeout),
+            ProviderConfig::Token(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,6 +413,9 @@ pub struct PostgresProvider {
     /// Roles this provider may grant; empty means any role a policy allows.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The deadline of one grant or revoke; shorter than `jobs.lease`.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +434,10 @@ fn default_http_timeout() -> ConfigDuration {
     ConfigDuration(Duration::seconds(5))
 }
 
+fn default_provider_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::seconds(10))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubTeamProvider {
@@ -430,6 +448,9 @@ pub struct GithubTeamProvider {
     pub token_file: Option<PathBuf>,
     #[serde(skip)]
     pub token: Option<Secret>,
+    /// The deadline of one grant or revoke; shorter than `jobs.lease`.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -506,7 +527,9 @@ pub struct JobsConfig {
     pub initial_backoff: ConfigDuration,
     /// Cap on the wait between retries.
     pub max_backoff: ConfigDuration,
-    /// A claimed job whose runner died is taken over after this long.
+    /// A claimed job whose runner died is taken over after this long. A
+    /// running job renews it every third of its length; every provider's
+    /// `timeout` is shorter, so a call ends before its lease could pass on.
     pub lease: ConfigDuration,
     /// How often the safety-net sweep looks for overdue grants.
     pub sweep_interval: ConfigDuration,
@@ -523,7 +546,10 @@ impl Default for JobsConfig {
             apply_attempts: 8,
             initial_backoff: ConfigDuration(Duration::seconds(1)),
             max_backoff: ConfigDuration(Duration::minutes(5)),
-            lease: ConfigDuration(Duration::seconds(60)),
+            // The contract takes a dead runner's job over within 15s: the
+            // lease, then at most a second until a runner claims it. Above
+            // the providers' default timeouts (5s, 10s).
+            lease: ConfigDuration(Duration::seconds(12)),
             sweep_interval: ConfigDuration(Duration::seconds(30)),
             concurrency: 256,
         }
@@ -924,6 +950,31 @@ impl Config {
         if self.jobs.concurrency == 0 {
             return Err(invalid("jobs.concurrency", "must be at least 1"));
         }
+        if self.jobs.lease.0 < Duration::seconds(1) {
+            return Err(invalid("jobs.lease", "must be at least 1s"));
+        }
+        // A call that outlived its job's lease could overlap the next
+        // runner's call for the same grant.
+        for (name, p) in self.providers.iter() {
+            let Some(timeout) = p.timeout() else {
+                continue;
+            };
+            if timeout.0 <= Duration::zero() {
+                return Err(invalid(
+                    format!("providers.{name}.timeout"),
+                    "must be above 0",
+                ));
+            }
+            if timeout >= self.jobs.lease {
+                return Err(invalid(
+                    format!("providers.{name}.timeout"),
+                    format!(
+                        "must be shorter than jobs.lease ({})",
+                        crate::domain::format_duration(self.jobs.lease.0)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1067,6 +1118,10 @@ mod tests {
     #[test]
     fn empty_config_has_safe_defaults() {
         let c = parse("").unwrap();
+        assert!(
+            c.jobs.lease.0 <= Duration::seconds(14),
+            "taken over within 15s"
+        );
         assert_eq!(c.database.url, "sqlite://warrant.db");
         assert_eq!(c.server.max_body_bytes, 1 << 20);
     }
@@ -1086,6 +1141,44 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn a_provider_timeout_must_be_shorter_than_the_lease() {
+        let http =
+            "[providers.hooks]\nkind = \"http\"\nurl = \"http://x\"\nsecret_env = \"HOOKS\"\n";
+        let refused = [
+            format!("{http}timeout = \"60s\"\n"),
+            format!("{http}timeout = \"2m\"\n"),
+            format!("{http}timeout = \"5s\"\n[jobs]\nlease = \"5s\"\n"),
+            format!("{http}timeout = \"0s\"\n"),
+        ];
+        for text in &refused {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("`providers.hooks.timeout`"),
+                "{text:?} gave {err}"
+            );
+        }
+        let ok = parse(&format!("{http}timeout = \"4s\"\n[jobs]\nlease = \"5s\"\n")).unwrap();
+        assert_eq!(
+            ok.providers["hooks"].timeout(),
+            Some(ConfigDuration(Duration::seconds(4)))
+        );
+        // The defaults (10s for postgres and github_team) against a short lease.
+        for kind in [
+            "kind = \"github_team\"\norg = \"acme\"\ntoken_env = \"GH\"",
+            "kind = \"postgres\"\nurl_env = \"GH\"",
+        ] {
+            let text = format!("[providers.p]\n{kind}\n[jobs]\nlease = \"10s\"\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("`providers.p.timeout`"), "{text:?} gave {err}");
+            let text =
+                format!("[providers.p]\n{kind}\ntimeout = \"9s\"\n[jobs]\nlease = \"10s\"\n");
+            assert!(parse(&text).is_ok(), "{text:?}");
+        }
+        let err = parse("[jobs]\nlease = \"0s\"\n").unwrap_err().to_string();
+        assert!(err.contains("`jobs.lease`"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Durable jobs: rows in `jobs` with a `run_at`, claimed under a lease
 //! (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer), retried
 //! with capped, jittered exponential backoff. One job per grant drives it
-//! through its life, so no two provider calls for a grant ever overlap.
-//! The runner sleeps until the next job is due or until this process
-//! enqueues one.
+//! through its life, and its lease is renewed while it runs (on
+//! PostgreSQL's clock there, so replicas' clocks need not agree), and every
+//! provider call ends before the lease could pass on: no two provider calls
+//! for a grant ever overlap. The runner sleeps until the next job is due or
+//! until this process enqueues one.
 
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
@@ -101,12 +103,46 @@ const DUE: &str = "SELECT id FROM jobs WHERE run_at <= $1 \
                    AND (locked_until IS NULL OR locked_until < $1) ORDER BY run_at LIMIT $2";
 const RETURNING: &str = "RETURNING id, kind, dedupe_key, payload, run_at, attempts, \
                          last_error, locked_by, locked_until, version, created_at";
+/// PostgreSQL's own time, in microseconds since the epoch like every time
+/// column here. `clock_timestamp()`, not `now()`: a lease is measured from
+/// when its statement ran, not from when a long batch began.
+const PG_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
-/// Takes up to `limit` due jobs for this instance, under a lease, in one
-/// statement. A leased job's `run_at` moves to the lease's end (when it is
-/// due again if its runner died), so the search for due jobs walks past
-/// none of the jobs already running: a burst of expiries costs each claim
-/// the same, not more the longer the burst.
+/// Which clock a lease's `locked_until` is written and compared in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseClock {
+    /// The caller's `now` (warrant's clock): SQLite, whose one process
+    /// has one clock.
+    Caller,
+    /// The database server's: replicas whose clocks disagree still agree
+    /// on when a lease ends. Only `run_at` (when a job is due) stays in
+    /// warrant's clock.
+    Database,
+}
+
+impl LeaseClock {
+    /// The clock of the runner's leases on this connection.
+    fn of(conn: &Conn<'_>) -> LeaseClock {
+        match conn {
+            Conn::Postgres(_) => LeaseClock::Database,
+            Conn::Sqlite(_) => LeaseClock::Caller,
+        }
+    }
+}
+
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> Result<i64, StoreError> {
+    now.checked_add_signed(lease).map(to_micros).ok_or_else(|| {
+        StoreError::Corrupt(format!("a lease of {lease} from {now} is out of range"))
+    })
+}
+
+/// Takes up to `limit` due jobs for this instance, under a lease measured
+/// from `now`, in one statement. A leased job's `run_at` moves to the
+/// lease's end (when it is due again if its runner died), so the search
+/// for due jobs walks past none of the jobs already running: a burst of
+/// expiries costs each claim the same, not more the longer the burst.
+/// (The runner on PostgreSQL measures its leases on the server's clock
+/// instead; see `claim_due`.)
 pub fn claim(
     db: &Db,
     instance: &str,
@@ -130,48 +166,146 @@ pub fn claim(
             return Ok(Vec::new());
         }
     }
-    db.write(|conn| claim_in(conn, instance, now, lease, limit))
+    db.write(|conn| claim_in(conn, instance, now, lease, limit, LeaseClock::Caller))
 }
 
-/// `claim` inside the caller's transaction.
+/// `claim` inside the caller's transaction, with the lease on `clock`.
 fn claim_in(
     conn: &mut Conn<'_>,
     instance: &str,
     now: DateTime<Utc>,
     lease: Duration,
     limit: i64,
+    clock: LeaseClock,
 ) -> Result<Vec<JobRow>, StoreError> {
     use diesel::sql_types::{BigInt, Text};
     let now_us = to_micros(now);
-    let until = to_micros(now + lease);
-    let sql = match conn {
-        Conn::Postgres(_) => format!(
-            "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
-             WHERE id IN ({DUE} FOR UPDATE SKIP LOCKED) {RETURNING}"
-        ),
+    let until = lease_end(now, lease)?;
+    let lease_us = lease
+        .num_microseconds()
+        .ok_or_else(|| StoreError::Corrupt(format!("a lease of {lease} is out of range")))?;
+    let mut claimed: Vec<JobRow> = match (conn, clock) {
+        (Conn::Postgres(c), LeaseClock::Database) => {
+            let sql = format!(
+                "UPDATE jobs SET locked_by = $3, locked_until = (SELECT {PG_NOW}) + $5, run_at = $4 \
+                 WHERE id IN (SELECT id FROM jobs WHERE run_at <= $1 \
+                 AND (locked_until IS NULL OR locked_until < (SELECT {PG_NOW})) \
+                 ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED) {RETURNING}"
+            );
+            crate::db::prepared::Statement::new(&sql)
+                .bind::<BigInt, _>(now_us)
+                .bind::<BigInt, _>(limit)
+                .bind::<Text, _>(instance)
+                .bind::<BigInt, _>(until)
+                .bind::<BigInt, _>(lease_us)
+                .load(&mut **c)?
+        }
+        (Conn::Postgres(c), LeaseClock::Caller) => {
+            let sql = format!(
+                "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
+                 WHERE id IN ({DUE} FOR UPDATE SKIP LOCKED) {RETURNING}"
+            );
+            crate::db::prepared::Statement::new(&sql)
+                .bind::<BigInt, _>(now_us)
+                .bind::<BigInt, _>(limit)
+                .bind::<Text, _>(instance)
+                .bind::<BigInt, _>(until)
+                .load(&mut **c)?
+        }
         // SQLite numbers `$N` parameters by first appearance; `?N` by N.
-        Conn::Sqlite(_) => format!(
-            "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
-             WHERE id IN ({DUE}) {RETURNING}"
-        )
-        .replace('$', "?"),
-    };
-    let mut claimed: Vec<JobRow> = match conn {
-        Conn::Postgres(c) => crate::db::prepared::Statement::new(&sql)
-            .bind::<BigInt, _>(now_us)
-            .bind::<BigInt, _>(limit)
-            .bind::<Text, _>(instance)
-            .bind::<BigInt, _>(until)
-            .load(&mut **c)?,
-        Conn::Sqlite(c) => diesel::sql_query(&sql)
-            .bind::<BigInt, _>(now_us)
-            .bind::<BigInt, _>(limit)
-            .bind::<Text, _>(instance)
-            .bind::<BigInt, _>(until)
-            .load(&mut **c)?,
+        (Conn::Sqlite(c), _) => {
+            let sql = format!(
+                "UPDATE jobs SET locked_by = $3, locked_until = $4, run_at = $4 \
+                 WHERE id IN ({DUE}) {RETURNING}"
+            )
+            .replace('$', "?");
+            diesel::sql_query(&sql)
+                .bind::<BigInt, _>(now_us)
+                .bind::<BigInt, _>(limit)
+                .bind::<Text, _>(instance)
+                .bind::<BigInt, _>(until)
+                .load(&mut **c)?
+        }
     };
     claimed.sort_by_key(|j| j.id);
     Ok(claimed)
+}
+
+/// How a lease renewal found the job.
+#[derive(Debug, PartialEq, Eq)]
+enum Renewal {
+    /// Still held; the lease now ends at this time (on its clock).
+    Renewed(i64),
+    /// The run itself settled the job (released or deleted it).
+    Settled,
+    /// Someone else holds it now: another instance, or this one again
+    /// after the lease ran out.
+    Lost { holder: String },
+}
+
+/// Moves the end of this runner's lease on `job` to a lease from now, if
+/// the lease is still the one it holds: the row must still name this
+/// instance and the end it last wrote, so a lease taken over, even by this
+/// instance, is never extended. One small statement outside the commit
+/// lanes (on PostgreSQL without a transaction of its own).
+fn renew(
+    db: &Db,
+    job: i64,
+    instance: &str,
+    held: i64,
+    now: DateTime<Utc>,
+    lease: Duration,
+) -> Result<Renewal, StoreError> {
+    use diesel::sql_types::{BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Until {
+        #[diesel(sql_type = BigInt)]
+        locked_until: i64,
+    }
+    let renewed: Vec<Until> = if db.backend() == "postgres" {
+        let lease_us = lease
+            .num_microseconds()
+            .ok_or_else(|| StoreError::Corrupt(format!("a lease of {lease} is out of range")))?;
+        let sql = format!(
+            "UPDATE jobs SET locked_until = (SELECT {PG_NOW}) + $1 \
+             WHERE id = $2 AND locked_by = $3 AND locked_until = $4 RETURNING locked_until"
+        );
+        db.read(|conn| {
+            Ok(dispatch!(conn, c => diesel::sql_query(&sql)
+                .bind::<BigInt, _>(lease_us)
+                .bind::<BigInt, _>(job)
+                .bind::<Text, _>(instance)
+                .bind::<BigInt, _>(held)
+                .load(c))?)
+        })?
+    } else {
+        let until = lease_end(now, lease)?;
+        db.write(|conn| {
+            Ok(dispatch!(conn, c => diesel::sql_query(
+                "UPDATE jobs SET locked_until = ? WHERE id = ? AND locked_by = ? \
+                 AND locked_until = ? RETURNING locked_until",
+            )
+            .bind::<BigInt, _>(until)
+            .bind::<BigInt, _>(job)
+            .bind::<Text, _>(instance)
+            .bind::<BigInt, _>(held)
+            .load(c))?)
+        })?
+    };
+    if let Some(r) = renewed.first() {
+        return Ok(Renewal::Renewed(r.locked_until));
+    }
+    let holder: Option<Option<String>> = db.read(|conn| {
+        Ok(dispatch!(conn, c => jobs::table
+            .find(job)
+            .select(jobs::locked_by)
+            .first::<Option<String>>(c)
+            .optional())?)
+    })?;
+    Ok(match holder.flatten() {
+        Some(holder) => Renewal::Lost { holder },
+        None => Renewal::Settled,
+    })
 }
 
 #[derive(QueryableByName)]
@@ -188,10 +322,29 @@ pub fn next_due(db: &Db) -> Result<Option<DateTime<Utc>>, StoreError> {
             .filter(jobs::locked_until.is_null())
             .select(diesel::dsl::min(jobs::run_at))
             .first(c))?;
-        let leased: Option<i64> = dispatch!(conn, c => jobs::table
-            .filter(jobs::locked_until.is_not_null())
-            .select(diesel::dsl::min(jobs::locked_until))
-            .first(c))?;
+        let leased: Option<i64> = match conn {
+            // Leases are on the server's clock: what is left of the
+            // soonest one, counted from this process's clock (the
+            // runner's, outside tests).
+            Conn::Postgres(c) => {
+                #[derive(QueryableByName)]
+                struct Left {
+                    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+                    left: Option<i64>,
+                }
+                let left: Left = diesel::sql_query(format!(
+                    "SELECT min(locked_until) - {PG_NOW} AS left FROM jobs \
+                     WHERE locked_until IS NOT NULL"
+                ))
+                .get_result(&mut **c)?;
+                left.left
+                    .and_then(|us| to_micros(Utc::now()).checked_add(us))
+            }
+            Conn::Sqlite(c) => jobs::table
+                .filter(jobs::locked_until.is_not_null())
+                .select(diesel::dsl::min(jobs::locked_until))
+                .first(&mut **c)?,
+        };
         Ok([next, leased].into_iter().flatten().min().map(from_micros))
     })
 }
@@ -211,11 +364,14 @@ enum Finish {
     },
     /// Already written, in the transaction of the run's last step.
     Settled,
+    /// The job's lease passed on while it ran: whoever holds it now owns
+    /// its row, so nothing more of this run is written.
+    Lost,
 }
 
 impl Finish {
     fn succeeded(&self) -> bool {
-        !matches!(self, Finish::At { error: Some(_), .. })
+        !matches!(self, Finish::At { error: Some(_), .. } | Finish::Lost)
     }
 }
 
@@ -270,7 +426,7 @@ fn take_step(
     const COUNTS: &str =
         "SELECT (SELECT count(*) FROM g) AS grant, (SELECT count(*) FROM j) AS job";
     let job_sql = match then {
-        None | Some((_, Finish::Settled)) => None,
+        None | Some((_, Finish::Settled | Finish::Lost)) => None,
         Some((_, Finish::Done)) => Some(
             "j AS (DELETE FROM jobs WHERE id = $8 AND version = $9 AND EXISTS (SELECT 1 FROM g) RETURNING 1)",
         ),
@@ -332,7 +488,7 @@ fn take_step(
 /// Settles the job's row inside the caller's transaction.
 fn finish_in(conn: &mut Conn<'_>, job: &JobRow, how: &Finish) -> Result<(), StoreError> {
     let n = match how {
-        Finish::Settled => return Ok(()),
+        Finish::Settled | Finish::Lost => return Ok(()),
         Finish::Done => dispatch!(conn, c => diesel::delete(
             jobs::table.filter(jobs::id.eq(job.id)).filter(jobs::version.eq(job.version)),
         )
@@ -382,6 +538,9 @@ fn backoff(state: &AppState, attempts: i32) -> Duration {
 struct Claimed {
     job: JobRow,
     grant: Option<GrantRow>,
+    /// Taken before the claim was sent: its lease surely lasts until this
+    /// plus the lease's length.
+    asked: Instant,
 }
 
 fn grant_id_of(job: &JobRow) -> Option<String> {
@@ -397,26 +556,32 @@ async fn claim_due(state: &Arc<AppState>, limit: usize) -> Result<Vec<Claimed>, 
     let now = state.clock.now();
     let instance = state.instance.clone();
     let lease = state.config.jobs.lease.0;
+    let asked = Instant::now();
     if state.db.backend() == "postgres" {
         // Under load the claim shares the next batch's transaction (and its
         // one WAL flush) instead of committing on its own.
         return state
             .commit
             .submit("jobs:claim", now, move |conn, _events| {
-                let jobs = claim_in(conn, &instance, now, lease, limit as i64)?;
-                with_grants(conn, jobs)
+                let clock = LeaseClock::of(conn);
+                let jobs = claim_in(conn, &instance, now, lease, limit as i64, clock)?;
+                with_grants(conn, jobs, asked)
             })
             .await;
     }
     blocking(state, move |db| {
         let jobs = claim(db, &instance, now, lease, limit as i64)?;
-        db.read(|conn| with_grants(conn, jobs))
+        db.read(|conn| with_grants(conn, jobs, asked))
     })
     .await
 }
 
 /// Claimed jobs beside their grants, read in one query.
-fn with_grants(conn: &mut Conn<'_>, jobs: Vec<JobRow>) -> Result<Vec<Claimed>, StoreError> {
+fn with_grants(
+    conn: &mut Conn<'_>,
+    jobs: Vec<JobRow>,
+    asked: Instant,
+) -> Result<Vec<Claimed>, StoreError> {
     let ids: Vec<String> = jobs.iter().filter_map(grant_id_of).collect();
     let mut grants: std::collections::HashMap<String, GrantRow> = if ids.is_empty() {
         Default::default()
@@ -433,16 +598,156 @@ fn with_grants(conn: &mut Conn<'_>, jobs: Vec<JobRow>) -> Result<Vec<Claimed>, S
         .into_iter()
         .map(|job| {
             let grant = grant_id_of(&job).and_then(|id| grants.remove(&id));
-            Claimed { job, grant }
+            Claimed { job, grant, asked }
         })
         .collect())
 }
 
+/// A claimed job's lease for as long as its run lasts: renewed every
+/// third of its length, so a run that outlives one lease keeps its job,
+/// and a runner that dies lets it go within one lease.
+struct Lease {
+    job: i64,
+    held: std::sync::Mutex<Held>,
+}
+
+struct Held {
+    /// The lease's end as this runner last wrote it (on its clock).
+    until: i64,
+    /// Until when the lease surely holds, on this process's monotonic
+    /// clock: taken before the statement that set `until` was sent.
+    surely: Instant,
+    /// Whether the lease passed to someone else (or could have).
+    lost: bool,
+}
+
+impl Lease {
+    /// Starts renewing the lease the claim took; the renewals stop when
+    /// the returned task is aborted.
+    fn keep(state: &Arc<AppState>, job: &JobRow, asked: Instant) -> (Arc<Lease>, JoinHandle<()>) {
+        let length = state.config.jobs.lease.0;
+        let lease = Arc::new(Lease {
+            job: job.id,
+            held: std::sync::Mutex::new(Held {
+                until: job.locked_until.unwrap_or_default(),
+                surely: asked + length.to_std().unwrap_or_default(),
+                lost: job.locked_until.is_none(),
+            }),
+        });
+        let every = (length / 3)
+            .to_std()
+            .unwrap_or_default()
+            .max(StdDuration::from_millis(100));
+        let (st, kept) = (state.clone(), lease.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(held) = kept.until() else {
+                    return;
+                };
+                let asked = Instant::now();
+                let (job, instance, now) = (kept.job, st.instance.clone(), st.clock.now());
+                match blocking(&st, move |db| renew(db, job, &instance, held, now, length)).await {
+                    Ok(Renewal::Renewed(until)) => kept.renewed(until, asked, length),
+                    Ok(Renewal::Settled) => return,
+                    Ok(Renewal::Lost { holder }) => {
+                        kept.lose();
+                        tracing::error!(
+                            job,
+                            holder = %holder,
+                            instance = %st.instance,
+                            "LEASE LOST: another runner took this job while it ran; \
+                             this run stops before its next provider call"
+                        );
+                        return;
+                    }
+                    // The next beat tries again; if none succeeds before
+                    // the lease could end, the run gives the job up.
+                    Err(e) => tracing::warn!(job, error = %e, "cannot renew a job's lease"),
+                }
+            }
+        });
+        (lease, task)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease's end as last written, unless it is lost.
+    fn until(&self) -> Option<i64> {
+        let held = self.held();
+        (!held.lost).then_some(held.until)
+    }
+
+    fn renewed(&self, until: i64, asked: Instant, length: Duration) {
+        let mut held = self.held();
+        held.until = until;
+        held.surely = asked + length.to_std().unwrap_or_default();
+    }
+
+    fn lose(&self) {
+        self.held().lost = true;
+    }
+
+    fn lost(&self) -> bool {
+        self.held().lost
+    }
+
+    /// How long the lease surely holds from now (zero once it is lost).
+    fn left(&self) -> StdDuration {
+        let held = self.held();
+        if held.lost {
+            return StdDuration::ZERO;
+        }
+        held.surely.saturating_duration_since(Instant::now())
+    }
+}
+
+/// A provider call under the job's lease: not made once the lease is
+/// lost, and abandoned if the lease could end before it answers (when
+/// renewals keep failing), so two runners' calls for one grant never
+/// overlap. `None` when the lease is (or may be) gone.
+async fn call_leased(
+    state: &Arc<AppState>,
+    lease: &Lease,
+    g: &GrantRow,
+    action: Action,
+) -> Option<Result<(), providers::ProviderError>> {
+    let left = lease.left();
+    if left.is_zero() {
+        return None;
+    }
+    match tokio::time::timeout(left, providers::call(state, g, action)).await {
+        Ok(answer) => Some(answer),
+        Err(_) => {
+            lease.lose();
+            tracing::error!(
+                job = lease.job,
+                grant = %g.id,
+                action = action.as_str(),
+                "LEASE LOST: the job's lease could not be renewed and ran out during \
+                 its provider call; the call is abandoned"
+            );
+            None
+        }
+    }
+}
+
 /// Runs one claimed job and settles its row.
 async fn run_one(state: &Arc<AppState>, claimed: Claimed) {
-    let Claimed { job, grant } = claimed;
+    let Claimed { job, grant, asked } = claimed;
     let kind = job.kind.clone();
-    let outcome = match run_job(state, &job, grant).await {
+    let (lease, renewing) = Lease::keep(state, &job, asked);
+    let ran = run_job(state, &job, grant, &lease).await;
+    renewing.abort();
+    let ran = match ran {
+        // Whoever holds the job now settles it.
+        Ok(_) if lease.lost() => Ok(Finish::Lost),
+        ran => ran,
+    };
+    let outcome = match ran {
+        Ok(Finish::Lost) => "lost",
         Ok(how) => {
             let ok = how.succeeded();
             let settled = match how {
@@ -561,9 +866,10 @@ async fn run_job(
     state: &Arc<AppState>,
     job: &JobRow,
     grant: Option<GrantRow>,
+    lease: &Lease,
 ) -> Result<Finish, StoreError> {
     match job.kind.as_str() {
-        GRANT => run_grant_job(state, job, grant).await,
+        GRANT => run_grant_job(state, job, grant, lease).await,
         crate::backlinks::KIND => run_backlink_job(state, job).await,
         other => {
             tracing::error!(kind = other, job = job.id, "unknown job kind; dropping it");
@@ -613,6 +919,7 @@ async fn run_grant_job(
     state: &Arc<AppState>,
     job: &JobRow,
     read: Option<GrantRow>,
+    lease: &Lease,
 ) -> Result<Finish, StoreError> {
     let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
     let Some(id) = payload
@@ -660,7 +967,10 @@ async fn run_grant_job(
                 known = timer_revoke(state, &g, now).await?;
             }
             GrantState::Granting => {
-                match providers::call(state, &g, Action::Grant).await {
+                let Some(answer) = call_leased(state, lease, &g, Action::Grant).await else {
+                    return Ok(Finish::Lost);
+                };
+                match answer {
                     Ok(()) => {
                         let step = Step::new(GrantState::Granting, GrantState::Active, now).then(
                             job,
@@ -717,8 +1027,9 @@ async fn run_grant_job(
                     error: None,
                 });
             }
-            GrantState::Revoking => match providers::call(state, &g, Action::Revoke).await {
-                Ok(()) => {
+            GrantState::Revoking => match call_leased(state, lease, &g, Action::Revoke).await {
+                None => return Ok(Finish::Lost),
+                Some(Ok(())) => {
                     let step = Step::new(GrantState::Revoking, GrantState::Revoked, now)
                         .then(job, Finish::Gone);
                     if transition(state, &g, step).await? {
@@ -730,26 +1041,28 @@ async fn run_grant_job(
                         return Ok(Finish::Settled);
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     return retry_later(state, &g, "revoke.failed", attempts, e.to_string(), now)
                         .await;
                 }
             },
-            GrantState::Failed if cleanup => match providers::call(state, &g, Action::Revoke).await
-            {
-                Ok(()) => {
-                    audit_only(state, &g, "grant.cleaned_up", json!({}), now).await?;
-                    return Ok(Finish::Gone);
+            GrantState::Failed if cleanup => {
+                match call_leased(state, lease, &g, Action::Revoke).await {
+                    None => return Ok(Finish::Lost),
+                    Some(Ok(())) => {
+                        audit_only(state, &g, "grant.cleaned_up", json!({}), now).await?;
+                        return Ok(Finish::Gone);
+                    }
+                    Some(Err(e)) => {
+                        let msg = e.to_string();
+                        return Ok(Finish::At {
+                            run_at: now + backoff(state, attempts),
+                            attempts: attempts + 1,
+                            error: Some(msg),
+                        });
+                    }
                 }
-                Err(e) => {
-                    let msg = e.to_string();
-                    return Ok(Finish::At {
-                        run_at: now + backoff(state, attempts),
-                        attempts: attempts + 1,
-                        error: Some(msg),
-                    });
-                }
-            },
+            }
             GrantState::Failed | GrantState::Revoked => return Ok(Finish::Gone),
         }
     }

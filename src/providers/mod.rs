@@ -106,16 +106,34 @@ pub async fn call(
         starts_at: rfc3339(from_micros(g.starts_at)),
         expires_at: rfc3339(from_micros(g.expires_at)),
     };
-    let result = match config {
-        ProviderConfig::Http(h) => http::call(&state.http, h, &call, state.clock.now()).await,
-        ProviderConfig::Postgres(_) => match state.providers.postgres.get(provider) {
-            Some(pool) => pool.call(&call).await,
-            None => Err(ProviderError::Unknown(provider.to_string())),
-        },
-        ProviderConfig::GithubTeam(gh) => github_team::call(&state.http, gh, &call).await,
-        // A token grant is the credential itself: nothing to apply, and
-        // introspection answers from the grant's state.
-        ProviderConfig::Token(_) => Ok(()),
+    let calling = async {
+        match config {
+            ProviderConfig::Http(h) => http::call(&state.http, h, &call, state.clock.now()).await,
+            ProviderConfig::Postgres(_) => match state.providers.postgres.get(provider) {
+                Some(pool) => pool.call(&call).await,
+                None => Err(ProviderError::Unknown(provider.to_string())),
+            },
+            ProviderConfig::GithubTeam(gh) => github_team::call(&state.http, gh, &call).await,
+            // A token grant is the credential itself: nothing to apply, and
+            // introspection answers from the grant's state.
+            ProviderConfig::Token(_) => Ok(()),
+        }
+    };
+    // Every call ends within its provider's `timeout`, which the
+    // configuration keeps shorter than the job's lease: a call never runs
+    // on after its job could have passed to another runner. An abandoned
+    // call counts as failed (it may still have landed; the job retries, and
+    // both actions are idempotent).
+    let result = match config.timeout() {
+        Some(limit) => tokio::time::timeout(limit.std(), calling)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::Call(format!(
+                    "no answer within {}",
+                    crate::domain::format_duration(limit.0)
+                )))
+            }),
+        None => calling.await,
     };
     match &result {
         Ok(()) => {

@@ -10,6 +10,7 @@ mod audit;
 mod backlinks;
 mod ci;
 mod health;
+mod leases;
 mod lifecycle;
 mod people;
 mod supervision;

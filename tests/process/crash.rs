@@ -24,7 +24,9 @@ async fn crash_mid_flight(backend: Backend) {
     // A short lease so the next process takes over what the dead one held.
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("lease = \"30s\"", "lease = \"2s\"");
+        .replace("lease = \"30s\"", "lease = \"2s\"")
+        // A provider call must end before its lease could pass on.
+        .replace("timeout = \"2s\"", "timeout = \"1s\"");
     std::fs::write(&config, text).unwrap();
 
     let mut serve = Serve::start(&config, port);
