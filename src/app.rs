@@ -84,6 +84,11 @@ pub struct App {
 }
 
 impl AppState {
+    /// What a blocking start-up task needs, without the HTTP-only parts.
+    fn clone_parts(&self) -> (Db, Arc<Config>, Arc<dyn Clock>) {
+        (self.db.clone(), self.config.clone(), self.clock.clone())
+    }
+
     pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, AppError> {
         let db = Db::open(
             &config.database.url,
@@ -137,6 +142,17 @@ impl App {
             .map_err(|_| StoreError::Unavailable("migration task failed".into()))??;
         if applied > 0 {
             tracing::info!(applied, backend = state.db.backend(), "migrations applied");
+        }
+        // Tickets of a repository or project dropped from the configuration
+        // are closed before anything else runs, so their grants end now.
+        let st = state.clone_parts();
+        let closed = web::block(move || {
+            crate::engine::close_unwatched(&st.0, &st.1, st.2.now())
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("start-up reconcile task failed".into()))??;
+        if closed > 0 {
+            tracing::info!(tickets = closed, "closed tickets warrant no longer watches");
         }
         let addr = state.config.server.listen.clone();
         let listener = TcpListener::bind(&addr).map_err(|source| AppError::Bind {

@@ -979,6 +979,30 @@ impl Config {
     }
 
     /// The principal a source account maps to, if `[[identities]]` names it.
+    /// Whether warrant still follows tickets of `source` in `project` (a
+    /// GitHub `OWNER/REPO`, a Jira project key; ServiceNow has one table).
+    /// Names compare as the sources' parsers compare them: case and
+    /// surrounding blanks aside.
+    pub fn watches(&self, source: Source, project: &str) -> bool {
+        let listed = |list: &[String]| {
+            list.iter()
+                .any(|p| p.trim().to_lowercase() == project.trim().to_lowercase())
+        };
+        match source {
+            Source::Github => self
+                .sources
+                .github
+                .as_ref()
+                .is_some_and(|g| listed(&g.repositories)),
+            Source::Jira => self
+                .sources
+                .jira
+                .as_ref()
+                .is_some_and(|j| listed(&j.projects)),
+            Source::Servicenow => self.sources.servicenow.is_some(),
+        }
+    }
+
     pub fn principal_for(&self, source: Source, account: &str) -> Option<&Identity> {
         self.identities
             .iter()

@@ -699,6 +699,45 @@ pub fn reconcile_ticket(
     })
 }
 
+/// Re-decides every ticket that holds live grants but that warrant no longer
+/// watches (its source, repository or project was dropped from the
+/// configuration), so its grants are revoked at start, not only at the
+/// next `warrant reconcile`. Answers how many tickets it re-decided.
+pub fn close_unwatched(db: &Db, config: &Config, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let keys: Vec<String> = db.read(|conn| {
+        Ok(dispatch!(conn, c => grants::table
+            .filter(grants::state.eq_any(LIVE))
+            .select(grants::ticket)
+            .distinct()
+            .load(c))?)
+    })?;
+    let mut n = 0;
+    for key in keys {
+        let watched = key
+            .parse::<TicketKey>()
+            .is_ok_and(|k| config.watches(k.source(), &project_of(&k)));
+        if !watched {
+            reconcile_ticket(db, config, now, &key)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The project a key names: a GitHub `OWNER/REPO`, a Jira project key, the
+/// ServiceNow table.
+fn project_of(key: &TicketKey) -> String {
+    let rest = key
+        .as_str()
+        .split_once(':')
+        .map_or("", |(_, rest)| rest);
+    match key.source() {
+        Source::Github => rest.rsplit_once('#').map_or(rest, |(repo, _)| repo).to_string(),
+        Source::Jira => rest.rsplit_once('-').map_or(rest, |(project, _)| project).to_string(),
+        Source::Servicenow => "change_request".to_string(),
+    }
+}
+
 pub fn all_ticket_keys(db: &Db) -> Result<Vec<String>, StoreError> {
     db.read(|conn| Ok(dispatch!(conn, c => tickets::table.select(tickets::key).order(tickets::key.asc()).load(c))?))
 }

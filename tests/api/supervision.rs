@@ -72,6 +72,34 @@ async fn a_panicking_unit_fails_alone(backend: Backend) {
     );
 }
 
+async fn readyz_is_unavailable_while_a_supervised_part_is_down(backend: Backend) {
+    let app = app!(backend);
+    let readyz = || async {
+        let r = app
+            .client
+            .get(format!("{}/readyz", app.addr))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    // The commit lanes registered themselves and run.
+    assert!(app.state.health.down().is_empty());
+    // A loop that died shows as down until its supervisor has it running.
+    let part = app.state.health.register("job-runner");
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["down"], json!(["job-runner"]));
+    part.set_up(true);
+    assert_eq!(readyz().await.0, 200);
+    part.died();
+    assert_eq!(readyz().await.0, 503);
+    assert_eq!(part.restarts(), 1);
+}
+
 /// Values at and past every edge a date, a time or a duration has.
 const HOSTILE_TIMES: [&str; 8] = [
     "+262142-12-31T23:59:59Z",
@@ -241,5 +269,6 @@ async fn hostile_deliveries_stop_nothing(backend: Backend) {
 
 backend_tests!(
     a_panicking_unit_fails_alone,
+    readyz_is_unavailable_while_a_supervised_part_is_down,
     hostile_deliveries_stop_nothing
 );
