@@ -12,4 +12,5 @@ mod ci;
 mod health;
 mod lifecycle;
 mod people;
+mod targets;
 mod webhooks;
