@@ -8,8 +8,9 @@
 //! with SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS, unless
 //! `allow_privileged` lists it: membership lets the account `SET ROLE` to
 //! it, so such a grant is far more than its name says. Every connection
-//! runs with `statement_timeout` and `lock_timeout` set to the provider's
-//! `timeout`, so a call cannot outlast a job's lease on a locked catalog.
+//! runs with `statement_timeout` set to the provider's `timeout` and
+//! `lock_timeout` to half of it, so a call cannot outlast a job's lease,
+//! and one stuck behind another session's lock says so.
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -63,8 +64,9 @@ struct Timeouts {
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for Timeouts {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute(&format!(
-            "SET statement_timeout = {ms}; SET lock_timeout = {ms};",
-            ms = self.millis
+            "SET statement_timeout = {}; SET lock_timeout = {};",
+            self.millis,
+            (self.millis / 2).max(1)
         ))
         .map_err(diesel::r2d2::Error::QueryError)
     }

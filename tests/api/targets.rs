@@ -382,6 +382,57 @@ async fn postgres_refuses_privileged_roles(backend: Backend) {
     assert_eq!(dave_in(&mut admin, &member), 0);
 }
 
+async fn postgres_calls_give_up_on_a_held_lock(backend: Backend) {
+    if !pg_available() {
+        return;
+    }
+    let s = uuid::Uuid::new_v4().simple().to_string();
+    let role = format!("wt_lk_{}", &s[..8]);
+    let _roles = Roles(vec![role.clone()]);
+    let mut admin = admin_pg();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; \
+             DO $$ BEGIN CREATE ROLE dave NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+        ))
+        .unwrap();
+    let provider = PG_PROVIDER.replace("timeout = \"5s\"", "timeout = \"1s\"");
+    let app = app!(backend, &format!("{provider}{PG_POLICY}"));
+    // Another session is granting the same membership and has not
+    // committed: our GRANT waits on its index entry, at most `timeout`.
+    let mut holder = admin_pg();
+    holder
+        .batch_execute(&format!("BEGIN; GRANT {role} TO dave;"))
+        .unwrap();
+    let key = github_request(&app, 1, "dave-gh", &format!("prod-db/{role}")).await;
+    let started = std::time::Instant::now();
+    app.run_jobs().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the call waited {:?}",
+        started.elapsed()
+    );
+    let (_, audit) = app.get_json("/v1/audit?limit=1000", ADMIN_TOKEN).await;
+    let errors: Vec<String> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "grant.apply_failed")
+        .map(|e| e["data"]["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("lock timeout")),
+        "{errors:?}"
+    );
+    assert_eq!(app.grants_of(&key).await[0]["state"], "granting");
+    // Once the other session is gone, the retry lands.
+    holder.batch_execute("ROLLBACK").unwrap();
+    app.advance(Duration::seconds(30));
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&key).await[0]["state"], "active");
+    assert_eq!(dave_in(&mut admin, &role), 1);
+}
+
 async fn github_team_puts_only_encoded_segments_in_its_urls(backend: Backend) {
     let extra = |api: &str| {
         format!(
@@ -450,5 +501,6 @@ backend_tests!(
     globs_match_within_a_segment_and_double_star_across,
     a_stored_grant_with_a_bad_target_fails_without_a_call,
     postgres_refuses_privileged_roles,
+    postgres_calls_give_up_on_a_held_lock,
     github_team_puts_only_encoded_segments_in_its_urls,
 );
