@@ -5,7 +5,8 @@
 //! A target reaches a provider only if it follows the contract's syntax
 //! (`domain::check_target`) and its kind's narrower rule (`check_target`):
 //! the decisions deny anything else as `invalid_request`, and `call` checks
-//! again, so a stored grant with a bad target fails without a call.
+//! again before a grant, so a stored grant with a bad target fails without
+//! a call. Revocations are never refused for their target (see `call`).
 
 pub mod github_team;
 pub mod http;
@@ -146,10 +147,16 @@ pub async fn call(
         return Err(ProviderError::Unknown(provider.to_string()));
     };
     // The decision checked this when the grant was made; a row written
-    // before that, or by hand, still never reaches the provider.
-    if let Err(why) = check_target(provider, config, target) {
-        tracing::warn!(grant = %g.id, provider, action = action.as_str(), "provider call refused: bad target");
-        return Err(ProviderError::Refused(why));
+    // before that, or by hand, still never gets access applied. Removal is
+    // not refused: it must not be stopped by a target an older version
+    // accepted, and each provider keeps its own revoke harmless (postgres
+    // quotes the role, http sends it as data, github_team refuses a URL
+    // path that is not single encoded segments).
+    if action == Action::Grant {
+        if let Err(why) = check_target(provider, config, target) {
+            tracing::warn!(grant = %g.id, provider, "grant refused: bad target");
+            return Err(ProviderError::Refused(why));
+        }
     }
     let call = Call {
         action,

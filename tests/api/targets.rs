@@ -251,6 +251,43 @@ async fn a_stored_grant_with_a_bad_target_fails_without_a_call(backend: Backend)
         "{:?}",
         app.receiver.calls()
     );
+
+    // A live grant whose stored target an older version accepted is still
+    // revoked: removal is never refused for its target.
+    let mut issue = Issue::new(8, app.clock_now());
+    issue.body = payloads::form("hooks/orders-db", "1h", None);
+    issue.labels = vec!["access-approved"];
+    app.post_github(
+        "issues",
+        "stored-2",
+        &payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
+    )
+    .await;
+    app.run_jobs().await;
+    let key = "github:acme/access-requests#8";
+    let g = app.grants_of(key).await[0].clone();
+    assert_eq!(g["state"], "active");
+    let id = g["id"].as_str().unwrap();
+    on_db(
+        &app,
+        &format!("UPDATE grants SET resource = 'hooks/legacy/../x' WHERE id = '{id}'"),
+    );
+    let (status, _) = app
+        .post_json(
+            &format!("/v1/grants/{id}/revoke"),
+            ADMIN_TOKEN,
+            &json!({"reason": "legacy"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(key).await[0]["state"], "revoked");
+    let calls = app.receiver.calls();
+    let last = calls.last().unwrap();
+    assert_eq!(
+        (last.action(), last.body["target"].as_str()),
+        ("revoke", Some("legacy/../x"))
+    );
 }
 
 fn admin_pg() -> PgConnection {
