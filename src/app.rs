@@ -146,11 +146,9 @@ impl App {
         // Tickets of a repository or project dropped from the configuration
         // are closed before anything else runs, so their grants end now.
         let st = state.clone_parts();
-        let closed = web::block(move || {
-            crate::engine::close_unwatched(&st.0, &st.1, st.2.now())
-        })
-        .await
-        .map_err(|_| StoreError::Unavailable("start-up reconcile task failed".into()))??;
+        let closed = web::block(move || crate::engine::close_unwatched(&st.0, &st.1, st.2.now()))
+            .await
+            .map_err(|_| StoreError::Unavailable("start-up reconcile task failed".into()))??;
         if closed > 0 {
             tracing::info!(tickets = closed, "closed tickets warrant no longer watches");
         }

@@ -413,7 +413,14 @@ pub struct PostgresProvider {
     /// Roles this provider may grant; empty means any role a policy allows.
     #[serde(default)]
     pub roles: Vec<String>,
-    /// The deadline of one grant or revoke; shorter than `jobs.lease`.
+    /// Roles it may grant although they are, or belong to, a role with
+    /// SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS; any other such role
+    /// is refused at grant time.
+    #[serde(default)]
+    pub allow_privileged: Vec<String>,
+    /// The deadline of one grant or revoke (shorter than `jobs.lease`); on
+    /// the provider's server also the longest a statement, a wait for a
+    /// lock or a wait for a connection may take.
     #[serde(default = "default_provider_timeout")]
     pub timeout: ConfigDuration,
 }
@@ -810,6 +817,23 @@ impl Config {
             }
         }
         for (name, p) in self.providers.iter() {
+            if let ProviderConfig::Postgres(pg) = p {
+                let at = format!("providers.{name}");
+                for (key, roles) in [
+                    ("roles", &pg.roles),
+                    ("allow_privileged", &pg.allow_privileged),
+                ] {
+                    for (i, role) in roles.iter().enumerate() {
+                        crate::providers::postgres::check_role(role)
+                            .map_err(|m| invalid(format!("{at}.{key}[{i}]"), m))?;
+                    }
+                }
+                if pg.timeout.0 > Duration::minutes(10) {
+                    return Err(invalid(format!("{at}.timeout"), "is longer than 10m"));
+                }
+            }
+        }
+        for (name, p) in self.providers.iter() {
             if let ProviderConfig::Http(h) = p {
                 let ok = url::Url::parse(&h.url)
                     .map(|u| matches!(u.scheme(), "http" | "https"))
@@ -1095,34 +1119,6 @@ pub fn whsec_key(secret: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// Matches `pattern`, where `*` stands for any run of characters, against `s`.
-pub fn glob_match(pattern: &str, s: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = s.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(sp) = star {
-            pi = sp + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1160,6 +1156,10 @@ mod tests {
             ("[sources.github]\nsecret_env = \"NOPE\"\nrepositories = [\"a/b\"]", "sources.github.secret_env"),
             ("[[policies]]\nname = \"p\"\nresources = [\"x/y\"]\nsources = [\"github\"]\nmax_duration = \"4x\"", "policies[0].max_duration"),
             ("[[policies]]\nname = \"p\"\nresources = [\"x/y\"]\nsources = [\"github\"]\nmax_duration = \"4h\"", "policies[0].resources[0]"),
+            ("[providers.db]\nkind = \"postgres\"\nurl_env = \"GH\"\nallow_privileged = [\"ok\", \"no way\"]", "providers.db.allow_privileged[1]"),
+            ("[providers.db]\nkind = \"postgres\"\nurl_env = \"GH\"\nallow_privileged = \"admin\"", "providers.db.allow_privileged"),
+            ("[providers.db]\nkind = \"postgres\"\nurl_env = \"GH\"\nroles = [\"../x\"]", "providers.db.roles[0]"),
+            ("[providers.db]\nkind = \"postgres\"\nurl_env = \"GH\"\ntimeout = \"1d\"", "providers.db.timeout"),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err().to_string();
@@ -1206,22 +1206,41 @@ mod tests {
     }
 
     #[test]
+    fn resource_patterns_are_not_resources() {
+        let c = parse(
+            r#"
+[[policies]]
+name = "p"
+resources = ["hooks/*", "hooks/**", "hooks/a/*/b", "*/readonly"]
+sources = ["github"]
+max_duration = "4h"
+[providers.hooks]
+kind = "http"
+url = "http://127.0.0.1:9/x"
+secret_env = "HOOKS"
+[[ci.issuers]]
+name = "gh"
+issuer = "https://issuer"
+audience = "warrant"
+jwks_file = "/dev/null"
+[[ci.trust]]
+issuer = "gh"
+principal = "ci:acme/app"
+claims = { repository = "acme/app" }
+resources = ["hooks/*", "hooks/**"]
+max_duration = "30m"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.policies[0].resources.len(), 4);
+        assert_eq!(c.ci.trust[0].resources, ["hooks/*", "hooks/**"]);
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = parse("[sources.github]\nsecret_env = \"GH\"\nrepositories = [\"a/b\"]").unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("gh-secret"));
         assert!(dbg.contains("redacted"));
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("hooks/*", "hooks/a"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match(
-            "repo:acme/*:environment:prod*",
-            "repo:acme/app:environment:production"
-        ));
-        assert!(!glob_match("hooks/*", "hook/a"));
-        assert!(!glob_match("a*b", "acbd"));
     }
 }

@@ -727,13 +727,16 @@ pub fn close_unwatched(db: &Db, config: &Config, now: DateTime<Utc>) -> Result<u
 /// The project a key names: a GitHub `OWNER/REPO`, a Jira project key, the
 /// ServiceNow table.
 fn project_of(key: &TicketKey) -> String {
-    let rest = key
-        .as_str()
-        .split_once(':')
-        .map_or("", |(_, rest)| rest);
+    let rest = key.as_str().split_once(':').map_or("", |(_, rest)| rest);
     match key.source() {
-        Source::Github => rest.rsplit_once('#').map_or(rest, |(repo, _)| repo).to_string(),
-        Source::Jira => rest.rsplit_once('-').map_or(rest, |(project, _)| project).to_string(),
+        Source::Github => rest
+            .rsplit_once('#')
+            .map_or(rest, |(repo, _)| repo)
+            .to_string(),
+        Source::Jira => rest
+            .rsplit_once('-')
+            .map_or(rest, |(project, _)| project)
+            .to_string(),
         Source::Servicenow => "change_request".to_string(),
     }
 }

@@ -987,6 +987,17 @@ async fn run_grant_job(
                     Err(e) => {
                         let n = attempts + 1;
                         let msg = e.to_string();
+                        if e.is_permanent() {
+                            // Refused before the provider saw anything:
+                            // fail now, with nothing to take back.
+                            let step = Step::new(GrantState::Granting, GrantState::Failed, now)
+                                .failure(&msg)
+                                .then(job, Finish::Gone);
+                            if transition(state, &g, step).await? {
+                                return Ok(Finish::Settled);
+                            }
+                            continue;
+                        }
                         if n >= state.config.jobs.apply_attempts as i32 {
                             let step = Step::new(GrantState::Granting, GrantState::Failed, now)
                                 .failure(&msg);

@@ -6,8 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{glob_match, Config, Policy};
-use crate::domain::{parse_duration, DenyReason, Resource, Source};
+use crate::config::{Config, Policy};
+use crate::domain::{glob, parse_duration, DenyReason, Resource, Source};
 use crate::ticket::{Approval, Request, Snapshot, TicketStatus};
 
 /// A grant the ticket warrants.
@@ -75,7 +75,7 @@ fn source_allowed(policy: &Policy, source: &str, project: &str) -> bool {
         s == "*"
             || s == source
             || s.split_once(':').is_some_and(|(src, scope)| {
-                src == source && (scope == project || glob_match(scope, project))
+                src == source && (scope == project || glob::path(scope, project))
             })
     })
 }
@@ -92,9 +92,9 @@ pub fn matching_policies<'a>(
     config
         .policies
         .iter()
-        .filter(|p| p.resources.iter().any(|r| glob_match(r, &resource)))
+        .filter(|p| p.resources.iter().any(|r| glob::path(r, &resource)))
         .filter(|p| source_allowed(p, source, project))
-        .filter(|p| p.subjects.iter().any(|s| glob_match(s, subject)))
+        .filter(|p| p.subjects.iter().any(|s| glob::name(s, subject)))
         .collect()
 }
 
@@ -215,6 +215,9 @@ pub fn decide(snap: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decision 
             format!("no provider `{}` is configured", resource.provider()),
         );
     }
+    if let Err(why) = crate::providers::check_resource(config, &resource) {
+        return deny(DenyReason::InvalidRequest, why);
+    }
     let policies = matching_policies(
         config,
         snap.source.as_str(),
@@ -287,7 +290,7 @@ pub fn window_under<'a>(
     approved_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Window<'a>, (DenyReason, String)> {
-    let allowed = |a: &str| policy.approvers.iter().any(|p| glob_match(p, a));
+    let allowed = |a: &str| policy.approvers.iter().any(|p| glob::name(p, a));
     let approver = match approvers.iter().find(|a| **a != subject && allowed(a)) {
         Some(a) => *a,
         None if approvers.contains(&subject) => {

@@ -16,8 +16,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::config::{glob_match, CiTrust, Config, Policy};
-use crate::domain::{DenyReason, Resource, RevokeReason};
+use crate::config::{CiTrust, Config, Policy};
+use crate::domain::{glob, DenyReason, Resource, RevokeReason};
 use crate::policy::{approved_request, matching_policies, window_under, Approved};
 use crate::ticket::Snapshot;
 
@@ -135,7 +135,7 @@ pub fn rule_matches(rule: &CiTrust, claims: &Map<String, Value>) -> Option<Map<S
     let mut matched = Map::new();
     for (name, pattern) in &rule.claims {
         let value = claims.get(name).and_then(claim_text)?;
-        if !glob_match(pattern, &value) {
+        if !glob::name(pattern, &value) {
             return None;
         }
         matched.insert(name.clone(), Value::String(value));
@@ -170,7 +170,7 @@ pub fn trust<'a>(
         let Some(matched) = rule_matches(rule, claims) else {
             continue;
         };
-        if rule.resources.iter().any(|r| glob_match(r, &wanted)) {
+        if rule.resources.iter().any(|r| glob::path(r, &wanted)) {
             return Ok(Trusted {
                 rule,
                 index,
@@ -266,7 +266,7 @@ fn warranted<'a>(
     })?;
     let asked = resource.to_string();
     let requested = request.resource.trim();
-    if requested != asked && !glob_match(requested, &asked) {
+    if requested != asked && !glob::path(requested, &asked) {
         return deny(
             CiReason::ResourceNotRequested,
             format!(
@@ -280,6 +280,9 @@ fn warranted<'a>(
             DenyReason::UnknownResource,
             format!("no provider `{}` is configured", resource.provider()),
         );
+    }
+    if let Err(why) = crate::providers::check_resource(config, resource) {
+        return ticket_deny(DenyReason::InvalidRequest, why);
     }
     // The person who asked through the ticket may not approve it for their
     // pipeline either.

@@ -8,6 +8,13 @@ use super::{Call, ProviderError};
 use crate::config::{whsec_key, HttpProvider};
 use crate::sources::signature::sign_standard;
 
+/// The `http` provider's target rule: the contract's syntax and nothing
+/// narrower (so no `.` or `..` segment), since the receiver decides what a
+/// target means. Stated here so every kind has its rule in its own file.
+pub fn check_target(target: &str) -> Result<(), String> {
+    crate::domain::check_target(target)
+}
+
 pub async fn call(
     client: &reqwest::Client,
     cfg: &HttpProvider,

@@ -1,6 +1,12 @@
 //! Providers apply and remove access. Resource `P/T` goes to provider `P`
 //! with target `T`. Every call is idempotent at the provider: granting what
 //! is held, or revoking what is gone, succeeds.
+//!
+//! A target reaches a provider only if it follows the contract's syntax
+//! (`domain::check_target`) and its kind's narrower rule (`check_target`):
+//! the decisions deny anything else as `invalid_request`, and `call` checks
+//! again before a grant, so a stored grant with a bad target fails without
+//! a call. Revocations are never refused for their target (see `call`).
 
 pub mod github_team;
 pub mod http;
@@ -14,6 +20,7 @@ use serde::Serialize;
 
 use crate::app::AppState;
 use crate::config::{Config, ProviderConfig};
+use crate::domain::Resource;
 use crate::domain::{from_micros, rfc3339};
 use crate::grants::GrantRow;
 
@@ -39,6 +46,50 @@ pub enum ProviderError {
     Unknown(String),
     #[error("{0}")]
     Call(String),
+    /// Refused before anything reached the provider (a target outside the
+    /// provider's rule, a privileged role): retrying cannot help, and
+    /// there is nothing to take back.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl ProviderError {
+    /// True when retrying the same call cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ProviderError::Refused(_))
+    }
+}
+
+/// The target rule of provider `name`: the contract's syntax, then the
+/// narrower rule of its kind. The error names the rule.
+pub fn check_target(name: &str, config: &ProviderConfig, target: &str) -> Result<(), String> {
+    crate::domain::check_target(target)
+        .and_then(|()| match config {
+            ProviderConfig::Postgres(pg) => postgres::check_target(pg, target),
+            ProviderConfig::Http(_) => http::check_target(target),
+            ProviderConfig::GithubTeam(_) => github_team::check_target(target),
+            // A token names its target in a signed credential; the
+            // contract's syntax is all it needs.
+            ProviderConfig::Token(_) => Ok(()),
+        })
+        .map_err(|why| {
+            format!(
+                "provider `{name}` ({}) refuses target `{}`: {why}",
+                config.kind(),
+                crate::domain::shown(target, 80)
+            )
+        })
+}
+
+/// `check_target` for a resource; an unconfigured provider is refused too.
+pub fn check_resource(config: &Config, resource: &Resource) -> Result<(), String> {
+    match config.providers.get(resource.provider()) {
+        Some(p) => check_target(resource.provider(), p, resource.target()),
+        None => Err(format!(
+            "no provider `{}` is configured",
+            resource.provider()
+        )),
+    }
 }
 
 /// Per-provider state that outlives one call (connection pools).
@@ -61,7 +112,7 @@ impl Providers {
         for (name, p) in &config.providers {
             if let ProviderConfig::Postgres(pg) = p {
                 if let Some(url) = &pg.url {
-                    postgres.insert(name.clone(), postgres::Pool::new(url));
+                    postgres.insert(name.clone(), postgres::Pool::new(name, pg, url));
                 }
             }
         }
@@ -95,6 +146,18 @@ pub async fn call(
     let Some(config) = state.config.providers.get(provider) else {
         return Err(ProviderError::Unknown(provider.to_string()));
     };
+    // The decision checked this when the grant was made; a row written
+    // before that, or by hand, still never gets access applied. Removal is
+    // not refused: it must not be stopped by a target an older version
+    // accepted, and each provider keeps its own revoke harmless (postgres
+    // quotes the role, http sends it as data, github_team refuses a URL
+    // path that is not single encoded segments).
+    if action == Action::Grant {
+        if let Err(why) = check_target(provider, config, target) {
+            tracing::warn!(grant = %g.id, provider, "grant refused: bad target");
+            return Err(ProviderError::Refused(why));
+        }
+    }
     let call = Call {
         action,
         grant_id: &g.id,

@@ -2,38 +2,121 @@
 //! account` on a real server. Identifiers are quoted, so a hostile role or
 //! account name is only ever a name. Membership already held, or already
 //! gone, counts as success.
+//!
+//! Its target is one role name (`check_role`). Before a grant it refuses a
+//! role that is, or belongs (directly or through other roles) to, a role
+//! with SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS, unless
+//! `allow_privileged` lists it: membership lets the account `SET ROLE` to
+//! it, so such a grant is far more than its name says. Every connection
+//! runs with `statement_timeout` set to the provider's `timeout` and
+//! `lock_timeout` to half of it, so a call cannot outlast a job's lease,
+//! and one stuck behind another session's lock says so.
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, Pool as R2Pool};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2Pool};
 
 use super::{Action, Call, ProviderError};
-use crate::config::Secret;
+use crate::config::{PostgresProvider, Secret};
+
+/// The longest role name PostgreSQL keeps (NAMEDATALEN - 1).
+pub const MAX_ROLE: usize = 63;
+
+/// A role name as this provider takes it: an ASCII letter or `_`, then up
+/// to 62 ASCII letters, digits, `_`, `$` or `-`. Narrower than what
+/// PostgreSQL can quote, so that what an approver reads is the role, with
+/// no lookalike, no case or length surprise (PostgreSQL would cut a longer
+/// name to 63 bytes).
+pub fn check_role(role: &str) -> Result<(), String> {
+    let mut chars = role.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok
+        || role.len() > MAX_ROLE
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '-'))
+    {
+        return Err(format!(
+            "a PostgreSQL role name is an ASCII letter or `_`, then up to {} letters, digits, `_`, `$` or `-`",
+            MAX_ROLE - 1
+        ));
+    }
+    Ok(())
+}
+
+/// The `postgres` provider's target rule: one role name, and one of
+/// `roles` when the provider lists any.
+pub fn check_target(cfg: &PostgresProvider, target: &str) -> Result<(), String> {
+    check_role(target)?;
+    if !cfg.roles.is_empty() && !cfg.roles.iter().any(|r| r == target) {
+        return Err("the provider's `roles` does not list it".into());
+    }
+    Ok(())
+}
+
+/// Sets the session's timeouts on every new connection.
+#[derive(Debug)]
+struct Timeouts {
+    millis: i64,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for Timeouts {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "SET statement_timeout = {}; SET lock_timeout = {};",
+            self.millis,
+            (self.millis / 2).max(1)
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
 
 #[derive(Clone)]
-pub struct Pool(R2Pool<ConnectionManager<PgConnection>>);
+pub struct Pool {
+    pool: R2Pool<ConnectionManager<PgConnection>>,
+    /// The provider's name, for messages that point at its configuration.
+    name: String,
+    allow_privileged: Vec<String>,
+}
 
 impl Pool {
-    pub fn new(url: &Secret) -> Pool {
+    pub fn new(name: &str, cfg: &PostgresProvider, url: &Secret) -> Pool {
         let manager = ConnectionManager::<PgConnection>::new(url.expose());
-        Pool(
-            R2Pool::builder()
+        let timeout = cfg.timeout.std().max(std::time::Duration::from_millis(1));
+        Pool {
+            pool: R2Pool::builder()
                 .max_size(4)
                 .min_idle(Some(0))
-                .connection_timeout(std::time::Duration::from_secs(5))
+                .connection_timeout(timeout)
+                .connection_customizer(Box::new(Timeouts {
+                    millis: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+                }))
                 .build_unchecked(manager),
-        )
+            name: name.to_string(),
+            allow_privileged: cfg.allow_privileged.clone(),
+        }
     }
 
     pub async fn call(&self, call: &Call<'_>) -> Result<(), ProviderError> {
-        let pool = self.0.clone();
+        let pool = self.pool.clone();
         let sql = statement(call.action, call.target, call.account);
         let action = call.action;
+        let role = call.target.to_string();
+        let check = action == Action::Grant && !self.allow_privileged.contains(&role);
+        let name = self.name.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(|_| {
                 ProviderError::Call("cannot connect to the PostgreSQL server".into())
             })?;
+            if check {
+                if let Some(why) = privileged(&mut conn, &role)? {
+                    return Err(ProviderError::Refused(format!(
+                        "PostgreSQL role `{role}` {why}; warrant grants it only if \
+                         providers.{name}.allow_privileged lists it"
+                    )));
+                }
+            }
             match conn.batch_execute(&sql) {
                 Ok(()) => Ok(()),
                 Err(e) => {
@@ -59,7 +142,7 @@ impl Pool {
             #[diesel(sql_type = diesel::sql_types::Text)]
             name: String,
         }
-        let pool = self.0.clone();
+        let pool = self.pool.clone();
         let role = role.to_string();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool
@@ -80,6 +163,49 @@ impl Pool {
     }
 }
 
+/// Why granting `role` would hand out a privileged role, if it would: the
+/// role and every role it belongs to, through any chain of memberships,
+/// read in one recursive query.
+fn privileged(conn: &mut PgConnection, role: &str) -> Result<Option<String>, ProviderError> {
+    #[derive(QueryableByName)]
+    struct Holder {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        what: String,
+    }
+    let rows: Vec<Holder> = diesel::sql_query(
+        "WITH RECURSIVE up(oid) AS ( \
+             SELECT oid FROM pg_roles WHERE rolname = $1 \
+             UNION \
+             SELECT am.roleid FROM pg_auth_members am JOIN up ON am.member = up.oid \
+         ) \
+         SELECT r.rolname::text AS name, concat_ws(', ', \
+             CASE WHEN r.rolsuper THEN 'SUPERUSER' END, \
+             CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, \
+             CASE WHEN r.rolreplication THEN 'REPLICATION' END, \
+             CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END) AS what \
+         FROM up JOIN pg_roles r ON r.oid = up.oid \
+         WHERE r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls \
+         ORDER BY r.rolname = $1 DESC, 1 LIMIT 3",
+    )
+    .bind::<diesel::sql_types::Text, _>(role)
+    .load(conn)
+    .map_err(|e| ProviderError::Call(format!("PostgreSQL: {e}")))?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(if first.name == role {
+        format!("has {}", first.what)
+    } else {
+        let via: Vec<String> = rows
+            .iter()
+            .map(|h| format!("`{}` ({})", h.name, h.what))
+            .collect();
+        format!("is a member of {}", via.join(", "))
+    }))
+}
+
 /// Quotes an identifier the way PostgreSQL's `quote_ident` does.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('\0', "").replace('"', "\"\""))
@@ -95,6 +221,33 @@ pub fn statement(action: Action, role: &str, account: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_are_role_names() {
+        let cfg: PostgresProvider = toml::from_str("url_env = \"X\"").unwrap();
+        for ok in ["readonly", "_x", "Ro$1-a", &"r".repeat(63)] {
+            assert!(check_target(&cfg, ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1ro",
+            "$ro",
+            "-ro",
+            "a/b",
+            "a.b",
+            "a:b",
+            "a b",
+            "a\"b",
+            "r\u{f4}le",
+            &"r".repeat(64),
+        ] {
+            assert!(check_target(&cfg, bad).is_err(), "{bad}");
+        }
+        let cfg: PostgresProvider =
+            toml::from_str("url_env = \"X\"\nroles = [\"readonly\"]").unwrap();
+        assert!(check_target(&cfg, "readonly").is_ok());
+        assert!(check_target(&cfg, "admin").unwrap_err().contains("roles"));
+    }
 
     #[test]
     fn hostile_names_stay_names() {

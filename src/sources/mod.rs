@@ -18,7 +18,7 @@ mod tests;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::domain::{parse_duration, truncate, Resource, TicketKey};
+use crate::domain::{parse_duration, truncate, TicketKey};
 use crate::ticket::{Request, TicketEvent};
 
 /// What a webhook body amounts to.
@@ -253,7 +253,7 @@ impl Draft {
         let subject = keep(&mut problems, subject);
         let resource = self.resource.and_then(|r| {
             let r = r.trim().to_string();
-            r.parse::<Resource>().map(|_| r)
+            crate::domain::check_resource_text(&r).map(|_| r)
         });
         let resource = keep(&mut problems, resource);
         let start = keep(&mut problems, self.start);

@@ -14,4 +14,5 @@ mod leases;
 mod lifecycle;
 mod people;
 mod supervision;
+mod targets;
 mod webhooks;

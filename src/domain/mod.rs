@@ -2,6 +2,8 @@
 //! the machine-readable reasons for denials and revocations. Values here are
 //! parsed at the edge, so an invalid one cannot travel further in.
 
+pub mod glob;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -136,7 +138,9 @@ impl fmt::Display for TicketKey {
 }
 
 /// `PROVIDER/TARGET`, e.g. `prod-db/readonly`. The provider part names a
-/// configured provider; the target is what that provider grants.
+/// configured provider; the target is what that provider grants, written
+/// in the contract's target syntax (`check_target`), which each provider
+/// may narrow further (`providers::check_target`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(try_from = "String", into = "String")]
 pub struct Resource {
@@ -153,13 +157,67 @@ impl Resource {
     }
 }
 
+/// The longest target accepted.
+pub const MAX_TARGET: usize = 256;
+
+/// The characters a target segment may hold besides ASCII letters and digits.
+pub const TARGET_PUNCTUATION: &str = "._:@+=,-";
+
+/// The contract's target syntax: one or more `/`-separated segments of
+/// ASCII letters, digits and `._:@+=,-`, none of them empty, `.` or `..`.
+/// This refuses traversal (`a/../b`), empty segments (`a//b`, `a/`),
+/// percent-encoding (`a%2Fb`), whitespace, control characters and every
+/// non-ASCII character, lookalikes included, so what an approver reads is
+/// the one thing a provider can receive.
+pub fn check_target(target: &str) -> Result<(), String> {
+    if target.is_empty() {
+        return Err("the target is empty".into());
+    }
+    if target.len() > MAX_TARGET {
+        return Err(format!("the target is longer than {MAX_TARGET} bytes"));
+    }
+    for segment in target.split('/') {
+        match segment {
+            "" => return Err("the target has an empty segment (`//` or a `/` at an end)".into()),
+            "." | ".." => return Err(format!("the target has a `{segment}` segment")),
+            _ => {}
+        }
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !c.is_ascii_alphanumeric() && !TARGET_PUNCTUATION.contains(*c))
+        {
+            return Err(format!(
+                "the target holds {}; a target is `/`-separated segments of ASCII letters, digits and `{TARGET_PUNCTUATION}`",
+                describe_char(c)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Names a character for an error message without writing a control or
+/// invisible character into it.
+fn describe_char(c: char) -> String {
+    if c.is_ascii_graphic() {
+        format!("`{c}`")
+    } else {
+        format!("U+{:04X}", u32::from(c))
+    }
+}
+
+/// A user-supplied string for an error message: shortened, with control and
+/// other non-printing characters escaped.
+pub fn shown(s: &str, max: usize) -> String {
+    truncate(s, max).escape_debug().to_string()
+}
+
 impl FromStr for Resource {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| {
             format!(
                 "`{}` is not a resource PROVIDER/TARGET: {why}",
-                truncate(s, 80)
+                shown(s, 80)
             )
         };
         let (provider, target) = s.split_once('/').ok_or_else(|| bad("no `/`"))?;
@@ -171,17 +229,34 @@ impl FromStr for Resource {
         {
             return Err(bad("the provider is letters, digits, `-` and `_`"));
         }
-        if target.is_empty() || target.len() > 256 {
-            return Err(bad("the target is empty or too long"));
-        }
-        if target.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(bad("the target holds whitespace or control characters"));
-        }
+        check_target(target).map_err(|why| bad(&why))?;
         Ok(Resource {
             provider: provider.to_string(),
             target: target.to_string(),
         })
     }
+}
+
+/// Whether a ticket's resource field is readable text shaped like
+/// `PROVIDER/TARGET` (no whitespace or control characters). Sources keep
+/// such a value as the ticket wrote it, so that the decision denies a
+/// target outside the contract's syntax as `invalid_request` with its
+/// reason, and a CI ticket may ask for a pattern (`deploy/*`).
+pub fn check_resource_text(s: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        format!(
+            "`{}` is not a resource PROVIDER/TARGET: {why}",
+            shown(s, 80)
+        )
+    };
+    let (provider, target) = s.split_once('/').ok_or_else(|| bad("no `/`"))?;
+    if provider.is_empty() || target.is_empty() || s.len() > 64 + 1 + MAX_TARGET {
+        return Err(bad("the provider or target is empty, or it is too long"));
+    }
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("it holds whitespace or control characters"));
+    }
+    Ok(())
 }
 
 impl TryFrom<String> for Resource {
@@ -450,6 +525,69 @@ mod tests {
         assert_eq!(r.target(), "a/b");
         for bad in ["nope", "/x", "p/", "p q/x", "p/x y", "p/x\n"] {
             assert!(bad.parse::<Resource>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_follow_the_contract_syntax() {
+        for ok in [
+            "hooks/a",
+            "hooks/a/b/c",
+            "hooks/A-Z_0.9:x@y+z=w,v",
+            "hooks/...",
+            "hooks/.hidden",
+            "hooks/a..b",
+        ] {
+            assert!(ok.parse::<Resource>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "hooks/..",
+            "hooks/.",
+            "hooks/../admin",
+            "hooks/a/../../x",
+            "hooks/./a",
+            "hooks//a",
+            "hooks/a/",
+            "hooks//",
+            "hooks/a%2Fb",
+            "hooks/a\\b",
+            "hooks/a\u{0}b",
+            "hooks/a\u{7f}",
+            "hooks/a\tb",
+            "hooks/a\u{a0}b",
+            "hooks/a\u{200b}b",
+            "hooks/\u{430}dmin", // Cyrillic a
+            "hooks/ａdmin",      // fullwidth a
+            "hooks/a*",
+            "hooks/a?b",
+            "hooks/a#b",
+            "hooks/a;b",
+            "hooks/a\"b",
+            "hooks/a'b",
+            "hooks/$x",
+        ] {
+            let err = bad.parse::<Resource>().unwrap_err();
+            assert!(
+                !err.chars().any(|c| c.is_control()),
+                "{bad}: the message holds a control character: {err}"
+            );
+        }
+        assert!(format!("hooks/{}", "a".repeat(MAX_TARGET))
+            .parse::<Resource>()
+            .is_ok());
+        assert!(format!("hooks/{}", "a".repeat(MAX_TARGET + 1))
+            .parse::<Resource>()
+            .is_err());
+        let err = "hooks/a\u{0}b".parse::<Resource>().unwrap_err();
+        assert!(err.contains("U+0000"), "{err}");
+    }
+
+    #[test]
+    fn resource_text_is_readable_but_not_yet_a_target() {
+        assert!(check_resource_text("deploy/*").is_ok());
+        assert!(check_resource_text("hooks/../x").is_ok());
+        for bad in ["nope", "p/", "/x", "p/x y", "p/x\u{0}", "p/x\u{2028}"] {
+            assert!(check_resource_text(bad).is_err(), "{bad:?}");
         }
     }
 }
