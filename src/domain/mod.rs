@@ -94,20 +94,30 @@ impl FromStr for TicketKey {
             return Err(bad());
         }
         let (source, rest) = s.split_once(':').ok_or_else(bad)?;
+        // Names are what the sources themselves allow, no more: a key is
+        // put into API paths and queries (back-links), where anything else
+        // could change what is addressed (a ServiceNow `^OR` in a query).
+        let name = |p: &str, extra: &[char]| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+        };
         let ok = match source {
             "github" => match rest.rsplit_once('#') {
                 Some((repo, n)) => {
-                    repo.split('/').filter(|p| !p.is_empty()).count() == 2
-                        && repo.matches('/').count() == 1
-                        && n.parse::<u64>().is_ok()
+                    repo.split_once('/').is_some_and(|(owner, name_)| {
+                        name(owner, &['-', '.']) && name(name_, &['-', '.'])
+                    }) && n.parse::<u64>().is_ok()
                 }
                 None => false,
             },
             "jira" => match rest.rsplit_once('-') {
-                Some((project, n)) => !project.is_empty() && n.parse::<u64>().is_ok(),
+                Some((project, n)) => name(project, &[]) && n.parse::<u64>().is_ok(),
                 None => false,
             },
-            "servicenow" => !rest.is_empty(),
+            "servicenow" => name(rest, &['-', '.']),
             _ => false,
         };
         if ok {
@@ -511,6 +521,10 @@ mod tests {
             "gitlab:x",
             "servicenow:",
             "jira:A -1",
+            "servicenow:CHG1^ORnumber=CHG2",
+            "github:../x#1",
+            "github:a/b%2Fc#1",
+            "jira:OPS/../X-1",
         ] {
             assert!(bad.parse::<TicketKey>().is_err(), "{bad}");
         }
