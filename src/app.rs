@@ -37,6 +37,8 @@ pub struct AppState {
     pub tokens: crate::providers::token::KeyRing,
     /// Group commit for webhook intake and grant jobs.
     pub commit: crate::commit::Committer,
+    /// Permits to read a webhook body (`server.max_inflight_bodies`).
+    pub bodies: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,9 @@ impl AppState {
         let ci = crate::ci::oidc::Verifier::new(&config);
         let tokens = crate::providers::token::KeyRing::new(&config).map_err(AppError::Keys)?;
         let metrics = Arc::new(Metrics::new());
+        let bodies = Arc::new(tokio::sync::Semaphore::new(
+            config.server.max_inflight_bodies,
+        ));
         let config = Arc::new(config);
         let commit = crate::commit::Committer::start(
             db.clone(),
@@ -108,6 +113,7 @@ impl AppState {
         );
         Ok(AppState {
             commit,
+            bodies,
             providers,
             ci,
             tokens,
@@ -167,6 +173,12 @@ impl App {
             server = server.disable_signals();
         }
         let server = server.run();
+        tokio::spawn(crate::store::refresh_gauges_forever(
+            state.db.clone(),
+            state.metrics.clone(),
+            state.clock.clone(),
+            state.config.server.metrics_refresh.std(),
+        ));
         let runner = if options.run_jobs {
             Some(crate::jobs::Runner::spawn(state.clone().into_inner()))
         } else {
@@ -246,7 +258,8 @@ where
     >,
 {
     let start = Instant::now();
-    let method = req.method().to_string();
+    // Labels come from fixed sets, so no request can add a series.
+    let method = crate::metrics::method_label(req.method());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     req.extensions_mut().insert(RequestId(request_id.clone()));

@@ -14,6 +14,9 @@ pub async fn call(
         .token
         .as_ref()
         .ok_or_else(|| ProviderError::Call("no token".into()))?;
+    // Errors go into the audit trail: whatever they come to say, the token
+    // is scrubbed from them.
+    let fail = |text: &str| ProviderError::Call(crate::redact::redact(text, &[token.expose()]));
     let enc = crate::domain::path_segment;
     let url = format!(
         "{}/orgs/{}/teams/{}/memberships/{}",
@@ -35,7 +38,7 @@ pub async fn call(
         .send()
         .await
         .map_err(|e| {
-            ProviderError::Call(format!(
+            fail(&format!(
                 "GitHub API: {}",
                 if e.is_timeout() {
                     "timed out"
@@ -48,9 +51,6 @@ pub async fn call(
     if status.is_success() || (call.action == Action::Revoke && status.as_u16() == 404) {
         Ok(())
     } else {
-        Err(ProviderError::Call(format!(
-            "GitHub API answered {}",
-            status.as_u16()
-        )))
+        Err(fail(&format!("GitHub API answered {}", status.as_u16())))
     }
 }
