@@ -145,7 +145,10 @@ mod tests {
             "POST http://[redacted]@127.0.0.1:9/x?[redacted]: connection failed"
         );
         assert_eq!(
-            redact("see https://h.example/a#frag and (postgres://u:p@db/x)", &[]),
+            redact(
+                "see https://h.example/a#frag and (postgres://u:p@db/x)",
+                &[]
+            ),
             "see https://h.example/a#[redacted] and (postgres://[redacted]@db/x)"
         );
         assert_eq!(

@@ -189,8 +189,9 @@ async fn export(
     f.limit = 1000;
     let db = state.db.clone();
     // Pages are fetched as the client reads, so memory stays flat.
-    let stream =
-        futures_util::stream::unfold((Some(f), format == Format::Csv), move |(cursor, header)| {
+    let stream = futures_util::stream::unfold(
+        (Some(f), format == Format::Csv),
+        move |(cursor, header)| {
             let db = db.clone();
             async move {
                 let mut f = cursor?;
@@ -227,7 +228,8 @@ async fn export(
                     (next, false),
                 ))
             }
-        });
+        },
+    );
     let content_type = match format {
         Format::Jsonl => "application/x-ndjson",
         Format::Csv => "text/csv; charset=utf-8",

@@ -101,9 +101,7 @@ async fn metric_labels_are_a_fixed_set(backend: Backend) {
     let app = app!(backend);
     let send = |method: String, path: String| {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        app.client
-            .request(m, format!("{}{path}", app.addr))
-            .send()
+        app.client.request(m, format!("{}{path}", app.addr)).send()
     };
     // Every label set the random requests can reach, once.
     assert_eq!(
@@ -156,14 +154,13 @@ async fn metric_labels_are_a_fixed_set(backend: Backend) {
                 .nth(1)
                 .and_then(|r| r.split('"').next())
                 .unwrap();
-            assert!(
-                route == "unmatched" || !route.starts_with("/zz"),
-                "{line}"
-            );
+            assert!(route == "unmatched" || !route.starts_with("/zz"), "{line}");
         }
     }
     assert!(
-        after.contains(r#"warrant_http_requests_total{method="other",route="unmatched",status="404"} 301"#),
+        after.contains(
+            r#"warrant_http_requests_total{method="other",route="unmatched",status="404"} 301"#
+        ),
         "{after}"
     );
 }
@@ -230,17 +227,12 @@ async fn body_over_the_limit_gets_413(backend: Backend) {
     s.write_all(req.as_bytes()).await.unwrap();
     let (code, head) = read_status(&mut s, Duration::from_secs(5)).await;
     assert_eq!(code, 413, "{head}");
-
 }
 
 /// With `max_inflight_bodies` bodies being read, one more is answered 503
 /// with `Retry-After` at once; when the slow senders go, intake resumes.
 async fn bodies_read_at_once_are_bounded(backend: Backend) {
-    let Some(app) = spawn_server(
-        backend,
-        "read_timeout = \"60s\"\nmax_inflight_bodies = 2",
-    )
-    .await
+    let Some(app) = spawn_server(backend, "read_timeout = \"60s\"\nmax_inflight_bodies = 2").await
     else {
         return;
     };
@@ -320,7 +312,11 @@ default_duration = "1h"
     let mut issue = Issue::new(51, t0());
     issue.body = payloads::form("leaky/orders", "1h", None);
     let r = app
-        .post_github("issues", "open-51", &payloads::github("opened", &issue, "dave-gh", None))
+        .post_github(
+            "issues",
+            "open-51",
+            &payloads::github("opened", &issue, "dave-gh", None),
+        )
         .await;
     assert_eq!(r.status(), 200);
     issue.labels = vec!["access-approved"];
@@ -363,7 +359,10 @@ default_duration = "1h"
         .collect();
     assert!(!failed.is_empty(), "{audit}");
     let error = failed[0]["data"]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("127.0.0.1"), "the endpoint is named: {error}");
+    assert!(
+        error.contains("127.0.0.1"),
+        "the endpoint is named: {error}"
+    );
     for text in [grant.to_string(), audit.to_string(), export] {
         for secret in ["s3cr3t", "zq-abc-tok", "user:"] {
             assert!(!text.contains(secret), "{secret} in {text}");
