@@ -130,6 +130,8 @@ async fn one(t: &Trickle, addr: SocketAddr, n: usize, round: u64, every: Duratio
 /// Raises this process's open-file limit (its soft limit, up to the hard
 /// one) so that `want` sockets fit; the server, a child, inherits it.
 /// Answers the soft limit in force.
+// `rlim_t` is not `u64` on every platform.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile(want: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -18,9 +18,8 @@ use crate::{app, backend_tests};
 async fn open_issues(app: &TestApp, first: u64, count: u64, rate: u64) -> u64 {
     let start = tokio::time::Instant::now();
     let sends = (first..first + count).map(|n| async move {
-        if rate > 0 {
-            let at = start + Duration::from_micros((n - first) * 1_000_000 / rate);
-            tokio::time::sleep_until(at).await;
+        if let Some(us) = ((n - first) * 1_000_000).checked_div(rate) {
+            tokio::time::sleep_until(start + Duration::from_micros(us)).await;
         }
         let issue = Issue::new(n, t0());
         let r = app
