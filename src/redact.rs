@@ -66,7 +66,11 @@ fn urls(text: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        let end = after.find(ends_url).unwrap_or(after.len());
+        let mut end = after.find(ends_url).unwrap_or(after.len());
+        // Punctuation that ends a sentence is not part of the URL.
+        while end > 0 && matches!(after.as_bytes()[end - 1], b':' | b'.' | b';') {
+            end -= 1;
+        }
         let (u, tail) = after.split_at(end);
         // Authority runs to the first `/`, `?` or `#`; its userinfo to the
         // last `@` inside it.
