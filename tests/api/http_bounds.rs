@@ -165,6 +165,65 @@ async fn metric_labels_are_a_fixed_set(backend: Backend) {
     );
 }
 
+/// A scrape only renders: the grant gauges move when the refresher runs
+/// (at start, then every `server.metrics_refresh`, here an hour), not when
+/// `/metrics` is asked.
+async fn scrapes_do_not_query_the_database(backend: Backend) {
+    let Some(app) = spawn_server(backend, "metrics_refresh = \"1h\"").await else {
+        return;
+    };
+    let scrape = || async {
+        app.client
+            .get(format!("{}/metrics", app.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // The refresh at start.
+    let mut refreshed = false;
+    for _ in 0..250 {
+        if scrape()
+            .await
+            .contains(r#"warrant_grants{state="granting"} 0"#)
+        {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refreshed, "the gauges are set at start");
+    let mut issue = Issue::new(61, t0());
+    let open = payloads::github("opened", &issue, "dave-gh", None);
+    assert_eq!(
+        app.post_github("issues", "open-61", &open).await.status(),
+        200
+    );
+    issue.labels = vec!["access-approved"];
+    issue.updated_at = t0() + chrono::Duration::seconds(1);
+    let label = payloads::github("labeled", &issue, "alice-gh", Some("access-approved"));
+    assert_eq!(
+        app.post_github("issues", "label-61", &label).await.status(),
+        200
+    );
+    assert_eq!(
+        app.grants_of("github:acme/access-requests#61").await.len(),
+        1
+    );
+    let text = scrape().await;
+    assert!(
+        text.contains(r#"warrant_grants{state="granting"} 0"#),
+        "{text}"
+    );
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains(r#"warrant_grants{state="granting"} 1"#),
+        "{text}"
+    );
+}
+
 /// Headers that promise a body, then nothing: 408 once `read_timeout`
 /// (1 s here) has passed. A body that keeps trickling but takes longer in
 /// all is cut off the same way.
@@ -372,6 +431,7 @@ default_duration = "1h"
 
 backend_tests!(
     metric_labels_are_a_fixed_set,
+    scrapes_do_not_query_the_database,
     body_that_never_arrives_gets_408,
     body_over_the_limit_gets_413,
     bodies_read_at_once_are_bounded,
