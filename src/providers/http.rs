@@ -25,9 +25,15 @@ pub async fn call(
     let signature = sign_standard(&key, &id, ts, &body);
     // Errors go into the audit trail and the API: they name the endpoint
     // without its credentials or query, and hold no secret.
+    let mut secrets = vec![secret.expose().to_string()];
+    if let Ok(u) = url::Url::parse(&cfg.url) {
+        secrets.extend(u.password().map(str::to_string));
+        secrets.extend(u.query_pairs().map(|(_, v)| v.into_owned()));
+    }
     let fail = |what: String| {
         let text = format!("POST {}{what}", crate::redact::url(&cfg.url));
-        ProviderError::Call(crate::redact::redact(&text, &[secret.expose()]))
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        ProviderError::Call(crate::redact::redact(&text, &secrets))
     };
     let resp = client
         .post(&cfg.url)
