@@ -1,7 +1,8 @@
 //! `POST /webhooks/{source}`: the intake, in the order that keeps bad input
-//! harmless — size and time (while reading; see `read_body`), signature on the raw bytes
-//! (constant-time), parse, then dedupe on the delivery id inside the same
-//! transaction as every change the delivery makes.
+//! harmless — size, time and number of bodies in flight (while reading; see
+//! `read_body`), signature on the raw bytes (constant-time), parse, then
+//! dedupe on the delivery id inside the same transaction as every change
+//! the delivery makes.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
