@@ -31,7 +31,7 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 /// `server.max_inflight_bodies` permits, and when none is free the answer
 /// is 503 at once (a queue would only hold more sockets open); the whole
 /// body must arrive within `server.read_timeout` (408).
-async fn read_body(
+pub(crate) async fn read_body(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
