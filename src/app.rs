@@ -39,6 +39,8 @@ pub struct AppState {
     pub commit: crate::commit::Committer,
     /// Which supervised loops run now (`/readyz`).
     pub health: Arc<crate::supervisor::Health>,
+    /// Permits to read a webhook body (`server.max_inflight_bodies`).
+    pub bodies: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,9 @@ pub struct App {
     port: u16,
     state: web::Data<AppState>,
     runner: Option<crate::jobs::RunnerHandle>,
+    /// Tells the supervised loops beside the server (the gauge refresher)
+    /// that the service is stopping.
+    stop_loops: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -106,6 +111,9 @@ impl AppState {
         let ci = crate::ci::oidc::Verifier::new(&config);
         let tokens = crate::providers::token::KeyRing::new(&config).map_err(AppError::Keys)?;
         let metrics = Arc::new(Metrics::new());
+        let bodies = Arc::new(tokio::sync::Semaphore::new(
+            config.server.max_inflight_bodies,
+        ));
         let config = Arc::new(config);
         let health = crate::supervisor::Health::new();
         let commit = crate::commit::Committer::start(
@@ -118,6 +126,7 @@ impl AppState {
         Ok(AppState {
             commit,
             health,
+            bodies,
             providers,
             ci,
             tokens,
@@ -186,6 +195,26 @@ impl App {
             server = server.disable_signals();
         }
         let server = server.run();
+        let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
+        {
+            let st = state.clone();
+            let stopped = loops_stopped.clone();
+            crate::supervisor::spawn(&state.health, "gauge-refresher", loops_stopped, move || {
+                let refresh = crate::store::refresh_gauges_forever(
+                    st.db.clone(),
+                    st.metrics.clone(),
+                    st.clock.clone(),
+                    st.config.server.metrics_refresh.std(),
+                );
+                let mut stopped = stopped.clone();
+                async move {
+                    tokio::select! {
+                        _ = refresh => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
+                }
+            });
+        }
         let runner = if options.run_jobs {
             Some(crate::jobs::Runner::spawn(state.clone().into_inner()))
         } else {
@@ -197,6 +226,7 @@ impl App {
             port,
             state,
             runner,
+            stop_loops,
         })
     }
 
@@ -216,6 +246,7 @@ impl App {
     /// lets in-flight requests finish and the runner put down its work.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        let _ = self.stop_loops.send(true);
         if let Some(runner) = self.runner {
             runner.stop().await;
         }
@@ -265,7 +296,8 @@ where
     >,
 {
     let start = Instant::now();
-    let method = req.method().to_string();
+    // Labels come from fixed sets, so no request can add a series.
+    let method = crate::metrics::method_label(req.method());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     req.extensions_mut().insert(RequestId(request_id.clone()));

@@ -304,56 +304,72 @@ pub struct Verification {
     pub first_bad: Option<i64>,
 }
 
-/// Walks the chain from the start, a page at a time.
+/// Walks the chain from the start, a page at a time, to the head it read
+/// first, all in one snapshot (PostgreSQL: a REPEATABLE READ READ ONLY
+/// transaction; SQLite: one read transaction). Events committed while it
+/// runs are not seen, so a verify during ingest checks the chain as it
+/// stood and never reports a break that is not there; a row the snapshot
+/// holds past the head was not written by an append (which moves the head
+/// in the same transaction), and is a break.
 pub fn verify(db: &Db) -> Result<Verification, StoreError> {
-    db.read(|conn| {
-        let (head_seq, head_hash): (i64, String) = dispatch!(conn, c => audit_head::table
-            .filter(audit_head::id.eq(1))
-            .select((audit_head::seq, audit_head::hash))
-            .first(c))?;
-        let mut expected_seq = 1i64;
-        let mut prev = GENESIS.to_string();
-        let mut count = 0i64;
-        let mut after = 0i64;
-        loop {
-            let page: Vec<EventRow> = dispatch!(conn, c => audit_events::table
-                .filter(audit_events::seq.gt(after))
-                .order(audit_events::seq.asc())
-                .limit(2000)
-                .select(EventRow::as_select())
-                .load(c))?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for row in &page {
-                count += 1;
-                let recomputed = event_hash(&prev, row);
-                if row.seq != expected_seq || row.prev_hash != prev || row.hash != recomputed {
-                    return Ok(Verification {
-                        ok: false,
-                        events: count,
-                        head: head_hash,
-                        first_bad: Some(row.seq.min(expected_seq)),
-                    });
-                }
-                prev = row.hash.clone();
-                expected_seq += 1;
+    db.read(|conn| match conn {
+        Conn::Postgres(c) => c
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(|c| verify_in(&mut Conn::Postgres(c))),
+        Conn::Sqlite(c) => c.transaction(|c| verify_in(&mut Conn::Sqlite(c))),
+    })
+}
+
+/// `verify` inside its snapshot.
+fn verify_in(conn: &mut Conn<'_>) -> Result<Verification, StoreError> {
+    let (head_seq, head_hash): (i64, String) = dispatch!(conn, c => audit_head::table
+        .filter(audit_head::id.eq(1))
+        .select((audit_head::seq, audit_head::hash))
+        .first(c))?;
+    let mut expected_seq = 1i64;
+    let mut prev = GENESIS.to_string();
+    let mut count = 0i64;
+    let mut after = 0i64;
+    loop {
+        let page: Vec<EventRow> = dispatch!(conn, c => audit_events::table
+            .filter(audit_events::seq.gt(after))
+            .order(audit_events::seq.asc())
+            .limit(2000)
+            .select(EventRow::as_select())
+            .load(c))?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for row in &page {
+            count += 1;
+            let recomputed = event_hash(&prev, row);
+            if row.seq != expected_seq || row.prev_hash != prev || row.hash != recomputed {
+                return Ok(Verification {
+                    ok: false,
+                    events: count,
+                    head: head_hash,
+                    first_bad: Some(row.seq.min(expected_seq)),
+                });
             }
+            prev = row.hash.clone();
+            expected_seq += 1;
         }
-        // A row deleted from the end leaves the head ahead of the rows.
-        if expected_seq - 1 != head_seq || prev != head_hash {
-            return Ok(Verification {
-                ok: false,
-                events: count,
-                head: head_hash,
-                first_bad: Some(expected_seq),
-            });
-        }
-        Ok(Verification {
-            ok: true,
+    }
+    // A row deleted from the end leaves the head ahead of the rows.
+    if expected_seq - 1 != head_seq || prev != head_hash {
+        return Ok(Verification {
+            ok: false,
             events: count,
             head: head_hash,
-            first_bad: None,
-        })
+            first_bad: Some(expected_seq),
+        });
+    }
+    Ok(Verification {
+        ok: true,
+        events: count,
+        head: head_hash,
+        first_bad: None,
     })
 }
 

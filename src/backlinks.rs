@@ -104,19 +104,25 @@ async fn check(
     what: &str,
 ) -> Result<reqwest::Response, String> {
     let resp = resp.map_err(|e| {
-        format!(
-            "{what}: {}",
-            if e.is_timeout() {
-                "timed out"
-            } else {
-                "request failed"
-            }
+        crate::redact::redact(
+            &format!(
+                "{what}: {}",
+                if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "request failed"
+                }
+            ),
+            &[],
         )
     })?;
     if resp.status().is_success() {
         Ok(resp)
     } else {
-        Err(format!("{what} answered {}", resp.status().as_u16()))
+        Err(crate::redact::redact(
+            &format!("{what} answered {}", resp.status().as_u16()),
+            &[],
+        ))
     }
 }
 

@@ -22,6 +22,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod policy;
 pub mod providers;
+pub mod redact;
 pub mod sources;
 pub mod store;
 pub mod supervisor;

@@ -8,13 +8,34 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Labels of the request metrics. Every value is from a fixed set: a
+/// method from `method_label`, a route template or `unmatched` (never the
+/// path itself), and a status code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
 
+/// The method as a label: the standard ones by name, anything else `other`.
+pub fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Webhook deliveries: `source` is a parsed `Source` (a path naming no
+/// source is answered 404 before it is counted), `outcome` one of the
+/// intake's fixed words.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
     pub source: String,
@@ -39,7 +60,8 @@ pub struct Metrics {
     pub http_duration: Family<HttpLabels, Histogram>,
     pub webhooks: Family<WebhookLabels, Counter>,
     pub jobs: Family<JobLabels, Counter>,
-    /// Set at scrape time from the database, so every replica reports the truth.
+    /// Set from the database by `store::refresh_gauges_forever`, so every
+    /// replica reports the same truth and a scrape runs no query.
     pub grants: Family<StateLabels, Gauge<i64, AtomicI64Wrap>>,
     pub overdue_revocations: Gauge<i64, AtomicI64Wrap>,
     pub jobs_due: Gauge<i64, AtomicI64Wrap>,

@@ -26,6 +26,13 @@
 //! two; `BENCH_WRITERS` sets `database.writers`; `BENCH_PERF=1` runs `perf` beside the saturation, fixed-rate and
 //! burst phases (syscall counts in the table, profiles kept).
 //!
+//! 3. trickle: `BENCH_TRICKLE_SOCKETS` (2,000) sockets each send a webhook
+//!    body one byte a second (reconnecting when cut off at
+//!    `server.read_timeout`) while signed webhooks arrive at
+//!    `BENCH_TRICKLE_RATE` (200/s) for `BENCH_TRICKLE_SECS`; the real ones'
+//!    accepted ratio and latency. The harness raises its open-file limit
+//!    (the server inherits it) to fit the sockets on both sides.
+//!
 //! All traffic goes to 127.0.0.1; every loop is bounded in count and time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -38,6 +45,7 @@ mod payloads;
 mod perf;
 mod server;
 mod stats;
+mod trickle;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -82,8 +90,11 @@ struct Settings {
     lead_secs: u64,
     pg_admin: String,
     keep: bool,
-    /// `ingest`, `revoke` or both (the default).
+    /// `ingest`, `revoke`, `trickle`, or all (the default).
     phases: String,
+    trickle_sockets: usize,
+    trickle_rate: f64,
+    trickle_secs: Duration,
 }
 
 impl Settings {
@@ -129,7 +140,11 @@ impl Settings {
             pg_admin: std::env::var("BENCH_PG_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
             keep: std::env::var_os("BENCH_KEEP").is_some() || perf::enabled(),
-            phases: std::env::var("BENCH_PHASES").unwrap_or_else(|_| "ingest,revoke".into()),
+            phases: std::env::var("BENCH_PHASES")
+                .unwrap_or_else(|_| "ingest,revoke,trickle".into()),
+            trickle_sockets: env_or("BENCH_TRICKLE_SOCKETS", 2000),
+            trickle_rate: env_or("BENCH_TRICKLE_RATE", 200.0),
+            trickle_secs: secs("BENCH_TRICKLE_SECS", 30, 12),
             scale,
         }
     }
@@ -958,6 +973,140 @@ async fn revoke_run(
     );
 }
 
+async fn trickle_run(
+    s: &Settings,
+    backend: Backend,
+    receiver: &Receiver,
+    dir: &Path,
+    rep: &mut Report,
+    col: usize,
+) {
+    // Each socket is a descriptor here and one in the server, plus the
+    // real clients, the pool and the log.
+    let want = (s.trickle_sockets as u64) * 2 + 1024;
+    let nofile = trickle::raise_nofile(want);
+    if nofile < want {
+        log(
+            backend,
+            format!("open-file limit {nofile} is below the {want} the trickle run needs; raise the hard limit (ulimit -Hn)"),
+        );
+    }
+    let db = BenchDb::create(backend, dir, &s.pg_admin, "trickle");
+    let port = free_port();
+    let config = write_config(
+        dir,
+        port,
+        &ServerSetup {
+            db_url: &db.url,
+            receiver_url: &receiver.url,
+            pool_size: s.pool_size,
+            writers: s.writers,
+            job_concurrency: s.job_concurrency,
+        },
+    );
+    let server = Server::start(&config, port, dir, &format!("{}-trickle", backend.name())).await;
+    let load = Arc::new(Load::new(server.addr));
+    let epoch = Utc::now() - chrono::Duration::seconds(60);
+
+    // The slow senders, ramped up over a few seconds, then the real ones.
+    let (slow, tasks) = trickle::start(
+        server.addr,
+        s.trickle_sockets,
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    );
+    let ready = Instant::now() + Duration::from_secs(30);
+    while (slow.open.load(Ordering::Relaxed) as usize) < s.trickle_sockets * 95 / 100
+        && Instant::now() < ready
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let open_at_start = slow.open.load(Ordering::Relaxed);
+    log(
+        backend,
+        format!(
+            "{open_at_start} trickling sockets open; signed webhooks at {}/s",
+            s.trickle_rate
+        ),
+    );
+    let cpu0 = Cpu::sample(server.pid());
+    let real = fixed_rate(
+        load.clone(),
+        s.trickle_rate,
+        s.trickle_secs,
+        s.rate_workers,
+        1_200_000,
+        epoch,
+    )
+    .await;
+    let cpu = Cpu::sample(server.pid()).since(&cpu0);
+    let open_at_end = slow.open.load(Ordering::Relaxed);
+    slow.stop();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let offered = (s.trickle_rate * s.trickle_secs.as_secs_f64()).round() as u64;
+    let lat = summarize(&real.latency_ms);
+    let ratio = real.accepted as f64 / offered.max(1) as f64;
+    log(
+        backend,
+        format!(
+            "trickle: {} of {offered} signed webhooks accepted, latency {}, errors {}; slow senders 408×{} 503×{} other×{}",
+            real.accepted,
+            ms(lat),
+            real.errors(),
+            slow.timed_out.load(Ordering::Relaxed),
+            slow.busy.load(Ordering::Relaxed),
+            slow.other.load(Ordering::Relaxed),
+        ),
+    );
+    rep.row(
+        col,
+        "trickle: slow sockets open at start / end (open-file limit)",
+        format!("{open_at_start} / {open_at_end} ({nofile})"),
+    );
+    rep.row(
+        col,
+        "trickle: slow senders answered 408 / 503 / other; connect errors",
+        format!(
+            "{} / {} / {}; {}",
+            slow.timed_out.load(Ordering::Relaxed),
+            slow.busy.load(Ordering::Relaxed),
+            slow.other.load(Ordering::Relaxed),
+            slow.connect_errors.load(Ordering::Relaxed)
+        ),
+    );
+    rep.row(
+        col,
+        &format!("trickle: signed webhooks @ {}/s accepted", s.trickle_rate),
+        format!(
+            "{} of {offered} ({:.1}%), not accepted: {}",
+            real.accepted,
+            ratio * 100.0,
+            real.errors()
+        ),
+    );
+    rep.row(
+        col,
+        "trickle: signed webhooks latency median / p99",
+        ms(lat),
+    );
+    rep.row(col, "trickle: server CPU", cpu);
+    let p99 = lat.map(|l| l.p99).unwrap_or(f64::INFINITY);
+    rep.target(
+        col,
+        &format!(
+            "{} trickling sockets: signed webhooks all accepted, p99 < 100 ms",
+            s.trickle_sockets
+        ),
+        real.accepted == offered
+            && p99 < 100.0
+            && open_at_start as usize >= s.trickle_sockets * 95 / 100,
+        format!("{:.1}% accepted, p99 {p99:.1} ms", ratio * 100.0),
+    );
+    drop(server);
+}
+
 fn main() {
     let s = Settings::from_env();
     // Cargo passes `--bench`; this harness takes no arguments.
@@ -1002,6 +1151,10 @@ fn main() {
             if s.phases.contains("revoke") {
                 log(backend, "revocation run");
                 revoke_run(&s, backend, &receiver, &sub, &mut rep, col).await;
+            }
+            if s.phases.contains("trickle") {
+                log(backend, "trickle run");
+                trickle_run(&s, backend, &receiver, &sub, &mut rep, col).await;
             }
         }
         rep.print(&s);

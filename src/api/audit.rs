@@ -189,8 +189,9 @@ async fn export(
     f.limit = 1000;
     let db = state.db.clone();
     // Pages are fetched as the client reads, so memory stays flat.
-    let stream =
-        futures_util::stream::unfold((Some(f), format == Format::Csv), move |(cursor, header)| {
+    let stream = futures_util::stream::unfold(
+        (Some(f), format == Format::Csv),
+        move |(cursor, header)| {
             let db = db.clone();
             async move {
                 let mut f = cursor?;
@@ -199,9 +200,20 @@ async fn export(
                     out.push_str(CSV_HEADER);
                 }
                 let fetch = f.clone();
+                // A page that cannot be read ends the stream with an error:
+                // the chunked body is cut off without its last chunk, so the
+                // client sees a failed download, never a short export that
+                // looks complete.
                 let rows = match tokio::task::spawn_blocking(move || page(&db, &fetch)).await {
                     Ok(Ok(rows)) => rows,
-                    _ => return None,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, after = f.after, "audit export stopped: a page cannot be read");
+                        return Some((Err(export_failed()), (None, false)));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, after = f.after, "audit export stopped: the page task failed");
+                        return Some((Err(export_failed()), (None, false)));
+                    }
                 };
                 let done = (rows.len() as i64) < f.limit;
                 if let Some(last) = rows.last() {
@@ -216,7 +228,8 @@ async fn export(
                     (next, false),
                 ))
             }
-        });
+        },
+    );
     let content_type = match format {
         Format::Jsonl => "application/x-ndjson",
         Format::Csv => "text/csv; charset=utf-8",
@@ -224,6 +237,11 @@ async fn export(
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .streaming(stream))
+}
+
+/// The error that aborts an export stream (its text stays in our log).
+fn export_failed() -> actix_web::Error {
+    actix_web::error::ErrorInternalServerError("audit export failed")
 }
 
 async fn verify(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {

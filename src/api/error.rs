@@ -25,6 +25,12 @@ pub enum ApiError {
     Conflict { reason: String, message: String },
     #[error("body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `server.read_timeout`.
+    #[error("the body did not arrive in time")]
+    RequestTimeout,
+    /// Too many bodies are being read at once (`server.max_inflight_bodies`).
+    #[error("too many requests in flight, try again")]
+    Busy,
     #[error("service unavailable, try again")]
     Unavailable,
     #[error("internal error")]
@@ -41,6 +47,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::Busy => "busy",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal => "internal",
         }
@@ -56,6 +64,8 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +82,14 @@ impl ResponseError for ApiError {
         }
         if let ApiError::Unavailable = self {
             resp.insert_header(("Retry-After", "5"));
+        }
+        if let ApiError::Busy = self {
+            resp.insert_header(("Retry-After", "1"));
+        }
+        // The rest of a body that is not read would be taken for the next
+        // request on this connection.
+        if let ApiError::RequestTimeout | ApiError::Busy | ApiError::PayloadTooLarge(_) = self {
+            resp.force_close();
         }
         resp.json(body)
     }

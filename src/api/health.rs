@@ -46,14 +46,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Renders only: the gauges that need the database are kept fresh by
+/// `store::refresh_gauges_forever` (every `server.metrics_refresh`), so an
+/// unauthenticated scrape never runs a query.
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let st = state.clone();
-    // Gauges come from the database so every replica tells the same truth;
-    // if it is down, the counters still render.
-    let _ = blocking(move || {
-        crate::store::refresh_gauges(&st.db, &st.metrics, st.clock.now()).map_err(Into::into)
-    })
-    .await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

@@ -1,7 +1,8 @@
 //! `POST /webhooks/{source}`: the intake, in the order that keeps bad input
-//! harmless — size (while reading), signature on the raw bytes
-//! (constant-time), parse, then dedupe on the delivery id inside the same
-//! transaction as every change the delivery makes.
+//! harmless — size, time and number of bodies in flight (while reading; see
+//! `read_body`), signature on the raw bytes (constant-time), parse, then
+//! dedupe on the delivery id inside the same transaction as every change
+//! the delivery makes.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -24,16 +25,37 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Reads the body, refusing as soon as it passes the limit.
-async fn read_limited(
+/// Reads the body within the intake's bounds, so an unauthenticated sender
+/// costs little however it behaves: a declared length over the limit is
+/// refused before anything is read (413); reading takes one of
+/// `server.max_inflight_bodies` permits, and when none is free the answer
+/// is 503 at once (a queue would only hold more sockets open); the whole
+/// body must arrive within `server.read_timeout` (408).
+pub(crate) async fn read_body(
+    state: &AppState,
     req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
+    payload: web::Payload,
 ) -> Result<web::Bytes, ApiError> {
+    let limit = state.config.server.max_body_bytes;
     let declared = header(req, "content-length").and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
+    let Ok(_permit) = state.bodies.try_acquire() else {
+        return Err(ApiError::Busy);
+    };
+    tokio::time::timeout(
+        state.config.server.read_timeout.std(),
+        read_limited(payload, limit),
+    )
+    .await
+    .map_err(|_| ApiError::RequestTimeout)?
+}
+
+/// Reads the body, refusing as soon as it passes the limit. The buffer
+/// grows with the bytes that have arrived: a declared `Content-Length`
+/// reserves nothing.
+async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     let read = |chunk: Result<web::Bytes, actix_web::error::PayloadError>| {
         chunk.map_err(|e| match e {
             actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge(limit),
@@ -51,12 +73,12 @@ async fn read_limited(
     let Some(second) = payload.next().await else {
         return Ok(first);
     };
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(2 * first.len()).min(limit));
+    let mut body = web::BytesMut::with_capacity(first.len().saturating_mul(2).min(limit));
     body.extend_from_slice(&first);
     let mut next = Some(second);
     while let Some(chunk) = next {
         let chunk = read(chunk)?;
-        if body.len() + chunk.len() > limit {
+        if body.len().saturating_add(chunk.len()) > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
@@ -109,6 +131,8 @@ async fn receive(
         Err(ApiError::Unauthorized(_)) => "unauthorized",
         Err(ApiError::BadRequest(_)) => "bad_request",
         Err(ApiError::PayloadTooLarge(_)) => "too_large",
+        Err(ApiError::RequestTimeout) => "timeout",
+        Err(ApiError::Busy) => "busy",
         Err(_) => "error",
     };
     state
@@ -138,7 +162,7 @@ async fn receive_configured(
     source: Source,
     payload: web::Payload,
 ) -> Result<(Outcome, String), ApiError> {
-    let body = read_limited(req, payload, state.config.server.max_body_bytes).await?;
+    let body = read_body(state, req, payload).await?;
     let now = state.clock.now();
     let sources_cfg = &state.config.sources;
     let unauthorized = |e: signature::SignatureError| ApiError::Unauthorized(e.to_string());

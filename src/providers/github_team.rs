@@ -67,6 +67,9 @@ pub async fn call(
         .token
         .as_ref()
         .ok_or_else(|| ProviderError::Call("no token".into()))?;
+    // Errors go into the audit trail: whatever they come to say, the token
+    // is scrubbed from them.
+    let fail = |text: &str| ProviderError::Call(crate::redact::redact(text, &[token.expose()]));
     let url = membership_url(cfg, call.target, call.account)?;
     let req = match call.action {
         Action::Grant => client
@@ -81,7 +84,7 @@ pub async fn call(
         .send()
         .await
         .map_err(|e| {
-            ProviderError::Call(format!(
+            fail(&format!(
                 "GitHub API: {}",
                 if e.is_timeout() {
                     "timed out"
@@ -94,10 +97,7 @@ pub async fn call(
     if status.is_success() || (call.action == Action::Revoke && status.as_u16() == 404) {
         Ok(())
     } else {
-        Err(ProviderError::Call(format!(
-            "GitHub API answered {}",
-            status.as_u16()
-        )))
+        Err(fail(&format!("GitHub API answered {}", status.as_u16())))
     }
 }
 

@@ -30,6 +30,18 @@ pub async fn call(
     let id = format!("{}-{}", call.grant_id, call.action.as_str());
     let ts = now.timestamp();
     let signature = sign_standard(&key, &id, ts, &body);
+    // Errors go into the audit trail and the API: they name the endpoint
+    // without its credentials or query, and hold no secret.
+    let mut secrets = vec![secret.expose().to_string()];
+    if let Ok(u) = url::Url::parse(&cfg.url) {
+        secrets.extend(u.password().map(str::to_string));
+        secrets.extend(u.query_pairs().map(|(_, v)| v.into_owned()));
+    }
+    let fail = |what: String| {
+        let text = format!("POST {}{what}", crate::redact::url(&cfg.url));
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        ProviderError::Call(crate::redact::redact(&text, &secrets))
+    };
     let resp = client
         .post(&cfg.url)
         .timeout(cfg.timeout.std())
@@ -40,16 +52,12 @@ pub async fn call(
         .body(body)
         .send()
         .await
-        .map_err(|e| ProviderError::Call(format!("POST {}: {}", cfg.url, without_url(&e))))?;
+        .map_err(|e| fail(format!(": {}", without_url(&e))))?;
     let status = resp.status();
     if status.is_success() {
         Ok(())
     } else {
-        Err(ProviderError::Call(format!(
-            "POST {} answered {}",
-            cfg.url,
-            status.as_u16()
-        )))
+        Err(fail(format!(" answered {}", status.as_u16())))
     }
 }
 
@@ -58,20 +66,12 @@ fn without_url(e: &reqwest::Error) -> String {
         "timed out".into()
     } else if e.is_connect() {
         "connection failed".into()
+    } else if e.is_redirect() {
+        "redirected".into()
     } else {
-        e.without_url().to_string()
-    }
-}
-
-// reqwest's Error::without_url consumes; keep a borrowed helper.
-trait WithoutUrl {
-    fn without_url(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url(&self) -> String {
-        let mut s = self.to_string();
-        if let Some(u) = self.url() {
+        // reqwest's text names the URL, credentials and all.
+        let mut s = e.to_string();
+        if let Some(u) = e.url() {
             s = s.replace(u.as_str(), "");
         }
         s

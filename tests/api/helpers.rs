@@ -399,8 +399,11 @@ impl TestApp {
         })
     }
 
-    /// The Prometheus text of `GET /metrics`.
+    /// The Prometheus text of `GET /metrics`, with the gauges refreshed
+    /// first: the app refreshes them every `server.metrics_refresh`, and a
+    /// test does not wait for a timer.
     pub async fn metrics_text(&self) -> String {
+        self.refresh_gauges().await;
         self.client
             .get(format!("{}/metrics", self.addr))
             .send()
@@ -409,6 +412,17 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// What the app's gauge refresher does at each tick, now.
+    pub async fn refresh_gauges(&self) {
+        let st = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            warrant::store::refresh_gauges(&st.db, &st.metrics, st.clock.now())
+        })
+        .await
+        .unwrap()
+        .expect("gauges refresh");
     }
 
     pub async fn run_jobs(&self) -> usize {

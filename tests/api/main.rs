@@ -7,9 +7,11 @@ mod helpers;
 mod payloads;
 
 mod audit;
+mod audit_load;
 mod backlinks;
 mod ci;
 mod health;
+mod http_bounds;
 mod leases;
 mod lifecycle;
 mod people;
