@@ -101,9 +101,12 @@ struct CreateBody {
 async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let v = verified(&state, &req).await?;
+    // Bounded like a webhook body: in size, in time and in how many are
+    // read at once.
+    let body = crate::api::webhooks::read_body(&state, &req, payload).await?;
     if body.len() > MAX_BODY {
         return Err(ApiError::PayloadTooLarge(MAX_BODY));
     }
@@ -270,8 +273,9 @@ async fn introspect(
     state: web::Data<AppState>,
     _caller: Caller,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body = crate::api::webhooks::read_body(&state, &req, payload).await?;
     if body.len() > MAX_BODY {
         return Err(ApiError::PayloadTooLarge(MAX_BODY));
     }

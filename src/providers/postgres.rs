@@ -126,7 +126,10 @@ impl Pool {
                     if action == Action::Revoke && msg.contains("does not exist") {
                         Ok(())
                     } else {
-                        Err(ProviderError::Call(format!("PostgreSQL: {msg}")))
+                        Err(ProviderError::Call(crate::redact::redact(
+                            &format!("PostgreSQL: {msg}"),
+                            &[],
+                        )))
                     }
                 }
             }
@@ -191,7 +194,7 @@ fn privileged(conn: &mut PgConnection, role: &str) -> Result<Option<String>, Pro
     )
     .bind::<diesel::sql_types::Text, _>(role)
     .load(conn)
-    .map_err(|e| ProviderError::Call(format!("PostgreSQL: {e}")))?;
+    .map_err(|e| ProviderError::Call(crate::redact::redact(&format!("PostgreSQL: {e}"), &[])))?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
