@@ -1,6 +1,7 @@
-//! The running service: shared state, the HTTP server bound to its port,
-//! and the job runner beside it. `App::build` binds (port 0 in tests) and
-//! returns before serving, so callers can read the port.
+//! The running service, built from its parts: the workers' `Context`, the
+//! handlers' `AppState` around it, the HTTP server bound to its port, and
+//! the job runner and gauge refresher beside it. `App::build` binds (port
+//! 0 in tests) and returns before serving, so callers can read the port.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -12,36 +13,12 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::api::error::ApiError;
+use crate::api::AppState;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::db::{Db, StoreError};
-use crate::metrics::{HttpLabels, Metrics};
-
-/// What every handler and job shares.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Arc<Metrics>,
-    /// One client for every outbound call, with timeouts and a user agent.
-    pub http: reqwest::Client,
-    /// Wakes the job runner when this process enqueues work.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// Names this process in job leases.
-    pub instance: String,
-    pub providers: crate::providers::Providers,
-    /// CI issuers and their cached JWKS.
-    pub ci: crate::ci::oidc::Verifier,
-    /// The `token` providers' signing keys.
-    pub tokens: crate::providers::token::KeyRing,
-    /// Group commit for webhook intake and grant jobs.
-    pub commit: crate::commit::Committer,
-    /// Which supervised loops run now (`/readyz`).
-    pub health: Arc<crate::supervisor::Health>,
-    /// Permits to read a webhook body (`server.max_inflight_bodies`).
-    pub bodies: Arc<tokio::sync::Semaphore>,
-}
+use crate::context::{Context, ContextError};
+use crate::db::StoreError;
+use crate::metrics::HttpLabels;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -52,10 +29,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot build the HTTP client: {0}")]
-    Http(String),
-    #[error("signing keys: {0}")]
-    Keys(String),
+    #[error(transparent)]
+    Context(#[from] ContextError),
 }
 
 /// How to run: tests inject a clock; replicas may split API and jobs.
@@ -82,98 +57,47 @@ pub struct App {
     server: Server,
     port: u16,
     state: web::Data<AppState>,
+    ctx: Arc<Context>,
     runner: Option<crate::jobs::RunnerHandle>,
     /// Tells the supervised loops beside the server (the gauge refresher)
     /// that the service is stopping.
     stop_loops: tokio::sync::watch::Sender<bool>,
 }
 
-impl AppState {
-    /// What a blocking start-up task needs, without the HTTP-only parts.
-    fn clone_parts(&self) -> (Db, Arc<Config>, Arc<dyn Clock>) {
-        (self.db.clone(), self.config.clone(), self.clock.clone())
-    }
-
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, AppError> {
-        let db = Db::open(
-            &config.database.url,
-            config.database.pool_size,
-            config.database.connect_timeout.std(),
-        )?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("warrant/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| AppError::Http(e.to_string()))?;
-        let providers = crate::providers::Providers::new(&config);
-        let ci = crate::ci::oidc::Verifier::new(&config);
-        let tokens = crate::providers::token::KeyRing::new(&config).map_err(AppError::Keys)?;
-        let metrics = Arc::new(Metrics::new());
-        let bodies = Arc::new(tokio::sync::Semaphore::new(
-            config.server.max_inflight_bodies,
-        ));
-        let config = Arc::new(config);
-        let health = crate::supervisor::Health::new();
-        let commit = crate::commit::Committer::start(
-            db.clone(),
-            config.clone(),
-            config.database.writers,
-            metrics.clone(),
-            &health,
-        );
-        Ok(AppState {
-            commit,
-            health,
-            bodies,
-            providers,
-            ci,
-            tokens,
-            config,
-            db,
-            clock,
-            metrics,
-            http,
-            wake: Arc::new(tokio::sync::Notify::new()),
-            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
-        })
-    }
-}
-
 impl App {
     /// Migrates the database, binds the listener and prepares the server.
     pub async fn build(config: Config, options: Options) -> Result<App, AppError> {
-        let state = AppState::new(config, options.clock.clone())?;
-        let db = state.db.clone();
+        let ctx = Arc::new(Context::new(config, options.clock.clone())?);
+        let db = ctx.db.clone();
         let applied = web::block(move || db.migrate())
             .await
             .map_err(|_| StoreError::Unavailable("migration task failed".into()))??;
         if applied > 0 {
-            tracing::info!(applied, backend = state.db.backend(), "migrations applied");
+            tracing::info!(applied, backend = ctx.db.backend(), "migrations applied");
         }
         // Tickets of a repository or project dropped from the configuration
         // are closed before anything else runs, so their grants end now.
-        let st = state.clone_parts();
-        let closed = web::block(move || crate::engine::close_unwatched(&st.0, &st.1, st.2.now()))
-            .await
-            .map_err(|_| StoreError::Unavailable("start-up reconcile task failed".into()))??;
+        let st = ctx.clone();
+        let closed =
+            web::block(move || crate::engine::close_unwatched(&st.db, &st.config, st.clock.now()))
+                .await
+                .map_err(|_| StoreError::Unavailable("start-up reconcile task failed".into()))??;
         if closed > 0 {
             tracing::info!(tickets = closed, "closed tickets warrant no longer watches");
         }
-        let addr = state.config.server.listen.clone();
+        let addr = ctx.config.server.listen.clone();
         let listener = TcpListener::bind(&addr).map_err(|source| AppError::Bind {
             addr: addr.clone(),
             source,
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-        let state = web::Data::new(state);
+        let state = web::Data::new(AppState::new(ctx.clone()));
         // The generated signing key exists from the first start on.
-        let st = state.clone();
+        let st = ctx.clone();
         web::block(move || st.tokens.prepare(&st.db, st.clock.now()))
             .await
             .map_err(|_| StoreError::Unavailable("signing key task failed".into()))??;
-        let shutdown = state.config.server.shutdown_timeout.std().as_secs();
+        let shutdown = ctx.config.server.shutdown_timeout.std().as_secs();
         let data = state.clone();
         let mut server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
@@ -197,15 +121,10 @@ impl App {
         let server = server.run();
         let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
         {
-            let st = state.clone();
+            let st = ctx.clone();
             let stopped = loops_stopped.clone();
-            crate::supervisor::spawn(&state.health, "gauge-refresher", loops_stopped, move || {
-                let refresh = crate::store::refresh_gauges_forever(
-                    st.db.clone(),
-                    st.metrics.clone(),
-                    st.clock.clone(),
-                    st.config.server.metrics_refresh.std(),
-                );
+            crate::supervisor::spawn(&ctx.health, "gauge-refresher", loops_stopped, move || {
+                let refresh = crate::store::refresh_gauges_forever(st.clone());
                 let mut stopped = stopped.clone();
                 async move {
                     tokio::select! {
@@ -216,15 +135,16 @@ impl App {
             });
         }
         let runner = if options.run_jobs {
-            Some(crate::jobs::Runner::spawn(state.clone().into_inner()))
+            Some(crate::jobs::Runner::spawn(ctx.clone()))
         } else {
             None
         };
-        tracing::info!(port, backend = state.db.backend(), "warrant listening");
+        tracing::info!(port, backend = ctx.db.backend(), "warrant listening");
         Ok(App {
             server,
             port,
             state,
+            ctx,
             runner,
             stop_loops,
         })
@@ -234,8 +154,14 @@ impl App {
         self.port
     }
 
+    /// What the handlers share.
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone().into_inner()
+    }
+
+    /// What the workers share (tests drive the job runner through it).
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
@@ -303,7 +229,7 @@ where
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let metrics = req
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.metrics.clone());
+        .map(|s| s.ctx.metrics.clone());
     let span = tracing::info_span!("request", id = %request_id, %method, %route);
     let fut = srv.call(req).instrument(span.clone());
     fut.map(move |res| {

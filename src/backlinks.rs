@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::config::{Config, Secret};
+use crate::context::Context;
 use crate::db::{Conn, StoreError};
 use crate::domain::{from_micros, rfc3339, Source, TicketKey};
 use crate::grants::GrantRow;
@@ -127,12 +128,8 @@ async fn check(
 }
 
 /// Posts one note. Errors are short and hold no token.
-pub async fn deliver(
-    client: &reqwest::Client,
-    config: &Config,
-    ticket: &str,
-    text: &str,
-) -> Result<(), String> {
+pub async fn deliver(ctx: &Context, ticket: &str, text: &str) -> Result<(), String> {
+    let (client, config) = (&ctx.http, &*ctx.config);
     let key: TicketKey = ticket.parse().map_err(|_| "bad ticket key".to_string())?;
     let enc = crate::domain::path_segment;
     let rest = key

@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::app::{App, Options};
+use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
+use crate::context::Context;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -513,12 +516,12 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
 }
 
 async fn reconcile(config: Config, no_jobs: bool) -> ExitCode {
-    let state =
-        match crate::app::AppState::new(config, std::sync::Arc::new(crate::clock::SystemClock)) {
-            Ok(s) => std::sync::Arc::new(s),
-            Err(e) => return fail(e),
-        };
-    let st = state.clone();
+    // Only what workers need: no CI verifier, no body permits, no server.
+    let ctx = match Context::new(config, Arc::new(SystemClock)) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(e),
+    };
+    let st = ctx.clone();
     let result =
         tokio::task::spawn_blocking(move || -> Result<(usize, usize), crate::db::StoreError> {
             st.db.migrate()?;
@@ -538,7 +541,7 @@ async fn reconcile(config: Config, no_jobs: bool) -> ExitCode {
     };
     println!("re-decided {tickets} tickets; {swept} grants had lost their job");
     if !no_jobs {
-        match crate::jobs::run_pending(&state).await {
+        match crate::jobs::run_pending(&ctx).await {
             Ok(n) => println!("ran {n} due jobs"),
             Err(e) => return fail(e),
         }

@@ -17,8 +17,8 @@ use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::app::AppState;
 use crate::audit::NewEvent;
+use crate::context::Context;
 use crate::db::schema::{grants, jobs};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
@@ -523,8 +523,8 @@ fn finish_in(conn: &mut Conn<'_>, job: &JobRow, how: &Finish) -> Result<(), Stor
     Ok(())
 }
 
-fn backoff(state: &AppState, attempts: i32) -> Duration {
-    let cfg = &state.config.jobs;
+fn backoff(ctx: &Context, attempts: i32) -> Duration {
+    let cfg = &ctx.config.jobs;
     let base = cfg.initial_backoff.0.num_milliseconds().max(1);
     let cap = cfg.max_backoff.0.num_milliseconds().max(base);
     let exp = base.saturating_mul(1i64 << attempts.clamp(0, 30));
@@ -552,15 +552,15 @@ fn grant_id_of(job: &JobRow) -> Option<String> {
 }
 
 /// Claims up to `limit` due jobs under this instance's lease.
-async fn claim_due(state: &Arc<AppState>, limit: usize) -> Result<Vec<Claimed>, StoreError> {
-    let now = state.clock.now();
-    let instance = state.instance.clone();
-    let lease = state.config.jobs.lease.0;
+async fn claim_due(ctx: &Arc<Context>, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    let now = ctx.clock.now();
+    let instance = ctx.instance.clone();
+    let lease = ctx.config.jobs.lease.0;
     let asked = Instant::now();
-    if state.db.backend() == "postgres" {
+    if ctx.db.backend() == "postgres" {
         // Under load the claim shares the next batch's transaction (and its
         // one WAL flush) instead of committing on its own.
-        return state
+        return ctx
             .commit
             .submit("jobs:claim", now, move |conn, _events| {
                 let clock = LeaseClock::of(conn);
@@ -569,7 +569,7 @@ async fn claim_due(state: &Arc<AppState>, limit: usize) -> Result<Vec<Claimed>, 
             })
             .await;
     }
-    blocking(state, move |db| {
+    blocking(ctx, move |db| {
         let jobs = claim(db, &instance, now, lease, limit as i64)?;
         db.read(|conn| with_grants(conn, jobs, asked))
     })
@@ -624,8 +624,8 @@ struct Held {
 impl Lease {
     /// Starts renewing the lease the claim took; the renewals stop when
     /// the returned task is aborted.
-    fn keep(state: &Arc<AppState>, job: &JobRow, asked: Instant) -> (Arc<Lease>, JoinHandle<()>) {
-        let length = state.config.jobs.lease.0;
+    fn keep(ctx: &Arc<Context>, job: &JobRow, asked: Instant) -> (Arc<Lease>, JoinHandle<()>) {
+        let length = ctx.config.jobs.lease.0;
         let lease = Arc::new(Lease {
             job: job.id,
             held: std::sync::Mutex::new(Held {
@@ -638,7 +638,7 @@ impl Lease {
             .to_std()
             .unwrap_or_default()
             .max(StdDuration::from_millis(100));
-        let (st, kept) = (state.clone(), lease.clone());
+        let (st, kept) = (ctx.clone(), lease.clone());
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -709,7 +709,7 @@ impl Lease {
 /// renewals keep failing), so two runners' calls for one grant never
 /// overlap. `None` when the lease is (or may be) gone.
 async fn call_leased(
-    state: &Arc<AppState>,
+    ctx: &Arc<Context>,
     lease: &Lease,
     g: &GrantRow,
     action: Action,
@@ -718,7 +718,7 @@ async fn call_leased(
     if left.is_zero() {
         return None;
     }
-    match tokio::time::timeout(left, providers::call(state, g, action)).await {
+    match tokio::time::timeout(left, providers::call(ctx, g, action)).await {
         Ok(answer) => Some(answer),
         Err(_) => {
             lease.lose();
@@ -735,11 +735,11 @@ async fn call_leased(
 }
 
 /// Runs one claimed job and settles its row.
-async fn run_one(state: &Arc<AppState>, claimed: Claimed) {
+async fn run_one(ctx: &Arc<Context>, claimed: Claimed) {
     let Claimed { job, grant, asked } = claimed;
     let kind = job.kind.clone();
-    let (lease, renewing) = Lease::keep(state, &job, asked);
-    let ran = run_job(state, &job, grant, &lease).await;
+    let (lease, renewing) = Lease::keep(ctx, &job, asked);
+    let ran = run_job(ctx, &job, grant, &lease).await;
     renewing.abort();
     let ran = match ran {
         // Whoever holds the job now settles it.
@@ -752,7 +752,7 @@ async fn run_one(state: &Arc<AppState>, claimed: Claimed) {
             let ok = how.succeeded();
             let settled = match how {
                 Finish::Settled => Ok(()),
-                how => blocking(state, move |db| db.write(|c| finish_in(c, &job, &how))).await,
+                how => blocking(ctx, move |db| db.write(|c| finish_in(c, &job, &how))).await,
             };
             match settled {
                 Ok(()) if ok => "ok",
@@ -766,8 +766,7 @@ async fn run_one(state: &Arc<AppState>, claimed: Claimed) {
             "error"
         }
     };
-    state
-        .metrics
+    ctx.metrics
         .jobs
         .get_or_create(&JobLabels {
             kind,
@@ -779,14 +778,14 @@ async fn run_one(state: &Arc<AppState>, claimed: Claimed) {
 /// Runs one claimed job; a panic while it runs fails that job alone: it is
 /// audited (`job.panicked`) and retried after a backoff like a failed
 /// provider call, and the runner goes on with the others.
-async fn run_guarded(state: &Arc<AppState>, claimed: Claimed) {
+async fn run_guarded(ctx: &Arc<Context>, claimed: Claimed) {
     use futures_util::FutureExt;
     let job = claimed.job.clone();
     let grant = claimed
         .grant
         .as_ref()
         .map(|g| (g.ticket.clone(), g.id.clone()));
-    let Err(payload) = std::panic::AssertUnwindSafe(run_one(state, claimed))
+    let Err(payload) = std::panic::AssertUnwindSafe(run_one(ctx, claimed))
         .catch_unwind()
         .await
     else {
@@ -794,18 +793,17 @@ async fn run_guarded(state: &Arc<AppState>, claimed: Claimed) {
     };
     let why = crate::supervisor::panic_text(payload.as_ref());
     tracing::error!(job = job.id, kind = %job.kind, panic = %why, "a job panicked; it will be retried");
-    state
-        .metrics
+    ctx.metrics
         .jobs
         .get_or_create(&JobLabels {
             kind: job.kind.clone(),
             outcome: "panic".into(),
         })
         .inc();
-    let now = state.clock.now();
+    let now = ctx.clock.now();
     let retry = Finish::At {
         run_at: now
-            .checked_add_signed(backoff(state, job.attempts))
+            .checked_add_signed(backoff(ctx, job.attempts))
             .unwrap_or(now),
         attempts: job.attempts.saturating_add(1),
         error: Some(format!("panicked: {why}")),
@@ -814,7 +812,7 @@ async fn run_guarded(state: &Arc<AppState>, claimed: Claimed) {
         .as_ref()
         .map_or_else(|| format!("job:{}", job.id), |(t, _)| t.clone());
     let data = json!({ "job": job.id, "kind": job.kind, "attempt": job.attempts.saturating_add(1), "error": why });
-    let settled = state
+    let settled = ctx
         .commit
         .submit(&lane, now, move |conn, events| {
             let mut e = NewEvent::new("job.panicked", "warrant", data.clone());
@@ -832,18 +830,18 @@ async fn run_guarded(state: &Arc<AppState>, claimed: Claimed) {
 }
 
 /// Claims one batch of due jobs and runs them all; returns how many ran.
-pub async fn run_due(state: &Arc<AppState>) -> Result<usize, StoreError> {
-    let claimed = claim_due(state, state.config.jobs.concurrency).await?;
+pub async fn run_due(ctx: &Arc<Context>) -> Result<usize, StoreError> {
+    let claimed = claim_due(ctx, ctx.config.jobs.concurrency).await?;
     let n = claimed.len();
-    futures_util::future::join_all(claimed.into_iter().map(|c| run_guarded(state, c))).await;
+    futures_util::future::join_all(claimed.into_iter().map(|c| run_guarded(ctx, c))).await;
     Ok(n)
 }
 
 /// Runs every job that is due now, until none is left (tests, `warrant reconcile`).
-pub async fn run_pending(state: &Arc<AppState>) -> Result<usize, StoreError> {
+pub async fn run_pending(ctx: &Arc<Context>) -> Result<usize, StoreError> {
     let mut total = 0;
     for _ in 0..10_000 {
-        let n = run_due(state).await?;
+        let n = run_due(ctx).await?;
         if n == 0 {
             break;
         }
@@ -853,24 +851,24 @@ pub async fn run_pending(state: &Arc<AppState>) -> Result<usize, StoreError> {
 }
 
 async fn blocking<T: Send + 'static>(
-    state: &Arc<AppState>,
+    ctx: &Arc<Context>,
     f: impl FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let db = state.db.clone();
+    let db = ctx.db.clone();
     tokio::task::spawn_blocking(move || f(&db))
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
 }
 
 async fn run_job(
-    state: &Arc<AppState>,
+    ctx: &Arc<Context>,
     job: &JobRow,
     grant: Option<GrantRow>,
     lease: &Lease,
 ) -> Result<Finish, StoreError> {
     match job.kind.as_str() {
-        GRANT => run_grant_job(state, job, grant, lease).await,
-        crate::backlinks::KIND => run_backlink_job(state, job).await,
+        GRANT => run_grant_job(ctx, job, grant, lease).await,
+        crate::backlinks::KIND => run_backlink_job(ctx, job).await,
         other => {
             tracing::error!(kind = other, job = job.id, "unknown job kind; dropping it");
             Ok(Finish::Done)
@@ -879,32 +877,30 @@ async fn run_job(
 }
 
 /// Writes one note on a ticket; dropped after a while, since it grants nothing.
-async fn run_backlink_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish, StoreError> {
+async fn run_backlink_job(ctx: &Arc<Context>, job: &JobRow) -> Result<Finish, StoreError> {
     let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
     let ticket = payload["ticket"].as_str().unwrap_or_default().to_string();
     let text = payload["text"].as_str().unwrap_or_default().to_string();
-    let now = state.clock.now();
-    let (kind, data, finish) =
-        match crate::backlinks::deliver(&state.http, &state.config, &ticket, &text).await {
-            Ok(()) => ("backlink.sent", json!({ "text": text }), Finish::Done),
-            Err(e) if job.attempts + 1 >= crate::backlinks::ATTEMPTS => (
-                "backlink.failed",
-                json!({ "text": text, "error": e, "gave_up": true }),
-                Finish::Done,
-            ),
-            Err(e) => {
-                tracing::warn!(%ticket, error = %e, "back-link not delivered; will retry");
-                return Ok(Finish::At {
-                    run_at: now + backoff(state, job.attempts),
-                    attempts: job.attempts + 1,
-                    error: Some(e),
-                });
-            }
-        };
+    let now = ctx.clock.now();
+    let (kind, data, finish) = match crate::backlinks::deliver(ctx, &ticket, &text).await {
+        Ok(()) => ("backlink.sent", json!({ "text": text }), Finish::Done),
+        Err(e) if job.attempts + 1 >= crate::backlinks::ATTEMPTS => (
+            "backlink.failed",
+            json!({ "text": text, "error": e, "gave_up": true }),
+            Finish::Done,
+        ),
+        Err(e) => {
+            tracing::warn!(%ticket, error = %e, "back-link not delivered; will retry");
+            return Ok(Finish::At {
+                run_at: now + backoff(ctx, job.attempts),
+                attempts: job.attempts + 1,
+                error: Some(e),
+            });
+        }
+    };
     let job = job.clone();
     let key = ticket.clone();
-    state
-        .commit
+    ctx.commit
         .submit(&key, now, move |conn, events| {
             events.push(NewEvent::new(kind, "warrant", data.clone()).ticket(&ticket));
             finish_in(conn, &job, &finish)
@@ -916,7 +912,7 @@ async fn run_backlink_job(state: &Arc<AppState>, job: &JobRow) -> Result<Finish,
 /// Moves one grant one or more steps along its life.
 /// `read` is the grant as read at the claim, if it was.
 async fn run_grant_job(
-    state: &Arc<AppState>,
+    ctx: &Arc<Context>,
     job: &JobRow,
     read: Option<GrantRow>,
     lease: &Lease,
@@ -938,12 +934,12 @@ async fn run_grant_job(
     // step needs no read of its own.
     let mut known: Option<GrantRow> = read.filter(|g| g.id == id);
     for _ in 0..4 {
-        let now = state.clock.now();
+        let now = ctx.clock.now();
         let g = match known.take() {
             Some(g) => g,
             None => {
                 let gid = id.clone();
-                match blocking(state, move |db| db.read(|c| crate::grants::get(c, &gid))).await? {
+                match blocking(ctx, move |db| db.read(|c| crate::grants::get(c, &gid))).await? {
                     Some(g) => g,
                     None => return Ok(Finish::Done),
                 }
@@ -961,13 +957,13 @@ async fn run_grant_job(
                     });
                 }
                 let step = Step::new(GrantState::Pending, GrantState::Granting, now);
-                transition(state, &g, step).await?;
+                transition(ctx, &g, step).await?;
             }
             GrantState::Granting if now >= expires_at => {
-                known = timer_revoke(state, &g, now).await?;
+                known = timer_revoke(ctx, &g, now).await?;
             }
             GrantState::Granting => {
-                let Some(answer) = call_leased(state, lease, &g, Action::Grant).await else {
+                let Some(answer) = call_leased(ctx, lease, &g, Action::Grant).await else {
                     return Ok(Finish::Lost);
                 };
                 match answer {
@@ -980,7 +976,7 @@ async fn run_grant_job(
                                 error: None,
                             },
                         );
-                        if transition(state, &g, step).await? {
+                        if transition(ctx, &g, step).await? {
                             return Ok(Finish::Settled);
                         }
                     }
@@ -993,18 +989,18 @@ async fn run_grant_job(
                             let step = Step::new(GrantState::Granting, GrantState::Failed, now)
                                 .failure(&msg)
                                 .then(job, Finish::Gone);
-                            if transition(state, &g, step).await? {
+                            if transition(ctx, &g, step).await? {
                                 return Ok(Finish::Settled);
                             }
                             continue;
                         }
-                        if n >= state.config.jobs.apply_attempts as i32 {
+                        if n >= ctx.config.jobs.apply_attempts as i32 {
                             let step = Step::new(GrantState::Granting, GrantState::Failed, now)
                                 .failure(&msg);
-                            transition(state, &g, step).await?;
+                            transition(ctx, &g, step).await?;
                             // A timed-out call may have landed: take it back, forever if need be.
                             let gid = g.id.clone();
-                            blocking(state, move |db| {
+                            blocking(ctx, move |db| {
                                 db.write(|c| {
                                     enqueue(
                                         c,
@@ -1023,13 +1019,13 @@ async fn run_grant_job(
                                 error: None,
                             });
                         }
-                        return retry_later(state, &g, "grant.apply_failed", attempts, msg, now)
+                        return retry_later(ctx, &g, "grant.apply_failed", attempts, msg, now)
                             .await;
                     }
                 }
             }
             GrantState::Active if now >= expires_at => {
-                known = timer_revoke(state, &g, now).await?;
+                known = timer_revoke(ctx, &g, now).await?;
             }
             GrantState::Active => {
                 return Ok(Finish::At {
@@ -1038,36 +1034,36 @@ async fn run_grant_job(
                     error: None,
                 });
             }
-            GrantState::Revoking => match call_leased(state, lease, &g, Action::Revoke).await {
+            GrantState::Revoking => match call_leased(ctx, lease, &g, Action::Revoke).await {
                 None => return Ok(Finish::Lost),
                 Some(Ok(())) => {
                     let step = Step::new(GrantState::Revoking, GrantState::Revoked, now)
                         .then(job, Finish::Gone);
-                    if transition(state, &g, step).await? {
+                    if transition(ctx, &g, step).await? {
                         if g.revoke_reason.as_deref() == Some(RevokeReason::Expired.as_str()) {
                             let lag =
                                 (now - expires_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                            state.metrics.revocation_lag.observe(lag.max(0.0));
+                            ctx.metrics.revocation_lag.observe(lag.max(0.0));
                         }
                         return Ok(Finish::Settled);
                     }
                 }
                 Some(Err(e)) => {
-                    return retry_later(state, &g, "revoke.failed", attempts, e.to_string(), now)
+                    return retry_later(ctx, &g, "revoke.failed", attempts, e.to_string(), now)
                         .await;
                 }
             },
             GrantState::Failed if cleanup => {
-                match call_leased(state, lease, &g, Action::Revoke).await {
+                match call_leased(ctx, lease, &g, Action::Revoke).await {
                     None => return Ok(Finish::Lost),
                     Some(Ok(())) => {
-                        audit_only(state, &g, "grant.cleaned_up", json!({}), now).await?;
+                        audit_only(ctx, &g, "grant.cleaned_up", json!({}), now).await?;
                         return Ok(Finish::Gone);
                     }
                     Some(Err(e)) => {
                         let msg = e.to_string();
                         return Ok(Finish::At {
-                            run_at: now + backoff(state, attempts),
+                            run_at: now + backoff(ctx, attempts),
                             attempts: attempts + 1,
                             error: Some(msg),
                         });
@@ -1078,7 +1074,7 @@ async fn run_grant_job(
         }
     }
     Ok(Finish::At {
-        run_at: state.clock.now(),
+        run_at: ctx.clock.now(),
         attempts,
         error: None,
     })
@@ -1088,13 +1084,13 @@ async fn run_grant_job(
 /// revocation left it (`None` if it had moved on meanwhile). The job that
 /// runs this goes on to the provider call itself, so nothing is scheduled.
 async fn timer_revoke(
-    state: &Arc<AppState>,
+    ctx: &Arc<Context>,
     g: &GrantRow,
     now: DateTime<Utc>,
 ) -> Result<Option<GrantRow>, StoreError> {
     let g = g.clone();
     let key = g.ticket.clone();
-    state
+    ctx
         .commit
         .submit(&key, now, move |conn, events| {
             let at = to_micros(now);
@@ -1160,13 +1156,12 @@ impl Step {
 
 /// Takes the step if the grant is still in its first state; answers whether
 /// it did. The job's row is settled only when the step is taken.
-async fn transition(state: &Arc<AppState>, g: &GrantRow, step: Step) -> Result<bool, StoreError> {
+async fn transition(ctx: &Arc<Context>, g: &GrantRow, step: Step) -> Result<bool, StoreError> {
     let g = g.clone();
-    let config = state.config.clone();
+    let config = ctx.config.clone();
     let key = g.ticket.clone();
     let now = step.now;
-    state
-        .commit
+    ctx.commit
         .submit(&key, now, move |conn, events| {
             let Step {
                 from,
@@ -1238,7 +1233,7 @@ async fn transition(state: &Arc<AppState>, g: &GrantRow, step: Step) -> Result<b
                 }
                 GrantState::Failed => ("grant.failed", json!({ "error": failure })),
                 GrantState::Granting => ("grant.starting", json!({})),
-                other => ("grant.state", json!({ "state": other })),
+                other => ("grant.state", json!({ "ctx": other })),
             };
             events.push(
                 NewEvent::new(kind, "warrant", data)
@@ -1252,7 +1247,7 @@ async fn transition(state: &Arc<AppState>, g: &GrantRow, step: Step) -> Result<b
 
 /// Records a failed provider call and schedules the next attempt.
 async fn retry_later(
-    state: &Arc<AppState>,
+    ctx: &Arc<Context>,
     g: &GrantRow,
     kind: &'static str,
     attempts: i32,
@@ -1260,24 +1255,23 @@ async fn retry_later(
     now: DateTime<Utc>,
 ) -> Result<Finish, StoreError> {
     let n = attempts + 1;
-    audit_only(state, g, kind, json!({ "attempt": n, "error": error }), now).await?;
+    audit_only(ctx, g, kind, json!({ "attempt": n, "error": error }), now).await?;
     Ok(Finish::At {
-        run_at: now + backoff(state, attempts),
+        run_at: now + backoff(ctx, attempts),
         attempts: n,
         error: Some(error),
     })
 }
 
 async fn audit_only(
-    state: &Arc<AppState>,
+    ctx: &Arc<Context>,
     g: &GrantRow,
     kind: &'static str,
     data: serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (ticket, id) = (g.ticket.clone(), g.id.clone());
-    state
-        .commit
+    ctx.commit
         .submit(&g.ticket, now, move |_conn, events| {
             events.push(
                 NewEvent::new(kind, "warrant", data.clone())
@@ -1343,25 +1337,22 @@ impl RunnerHandle {
 impl Runner {
     /// Starts the job runner and the sweeper, each under a supervisor that
     /// restarts it if it ever panics or ends (see `supervisor`).
-    pub fn spawn(state: Arc<AppState>) -> RunnerHandle {
+    pub fn spawn(ctx: Arc<Context>) -> RunnerHandle {
         let (stop, stopped) = watch::channel(false);
         let runner = {
-            let (state, stopped) = (state.clone(), stopped.clone());
+            let (ctx, stopped) = (ctx.clone(), stopped.clone());
             crate::supervisor::spawn(
-                &state.clone().health,
+                &ctx.clone().health,
                 "job-runner",
                 stopped.clone(),
-                move || run_loop(state.clone(), stopped.clone()),
+                move || run_loop(ctx.clone(), stopped.clone()),
             )
         };
         let sweeper = {
-            let (state, stopped) = (state.clone(), stopped.clone());
-            crate::supervisor::spawn(
-                &state.clone().health,
-                "sweeper",
-                stopped.clone(),
-                move || sweep_loop(state.clone(), stopped.clone()),
-            )
+            let (ctx, stopped) = (ctx.clone(), stopped.clone());
+            crate::supervisor::spawn(&ctx.clone().health, "sweeper", stopped.clone(), move || {
+                sweep_loop(ctx.clone(), stopped.clone())
+            })
         };
         RunnerHandle {
             stop,
@@ -1373,14 +1364,14 @@ impl Runner {
 /// The safety net's loop: every `jobs.sweep_interval`, any grant that needs
 /// work but has no job gets one. Beside the runner, so due jobs never wait
 /// for it.
-async fn sweep_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
-    let every = state.config.jobs.sweep_interval.std();
+async fn sweep_loop(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    let every = ctx.config.jobs.sweep_interval.std();
     loop {
         if *stopped.borrow() {
             break;
         }
-        let now = state.clock.now();
-        if let Err(e) = blocking(&state, move |db| sweep(db, now)).await {
+        let now = ctx.clock.now();
+        if let Err(e) = blocking(&ctx, move |db| sweep(db, now)).await {
             tracing::warn!(error = %e, "sweep failed");
         }
         tokio::select! {
@@ -1393,8 +1384,8 @@ async fn sweep_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
 /// Keeps up to `jobs.concurrency` jobs running: as soon as one ends its
 /// slot is filled from the due jobs, so one slow provider call never holds
 /// back the rest.
-async fn run_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
-    let concurrency = state.config.jobs.concurrency.max(1);
+async fn run_loop(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    let concurrency = ctx.config.jobs.concurrency.max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     let freed = Arc::new(tokio::sync::Notify::new());
     let mut next_known: Option<(Instant, Option<DateTime<Utc>>)> = None;
@@ -1419,7 +1410,7 @@ async fn run_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
             continue;
         }
         let started = Instant::now();
-        let wait = match claim_due(&state, free).await {
+        let wait = match claim_due(&ctx, free).await {
             Ok(claimed) if !claimed.is_empty() => {
                 last_claim = Some(started);
                 for claimed in claimed {
@@ -1428,7 +1419,7 @@ async fn run_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
                         // the lease would hand the job on anyway.
                         break;
                     };
-                    let (st, freed) = (state.clone(), freed.clone());
+                    let (st, freed) = (ctx.clone(), freed.clone());
                     tokio::spawn(async move {
                         run_guarded(&st, claimed).await;
                         drop(permit);
@@ -1438,7 +1429,7 @@ async fn run_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
                 continue;
             }
             Ok(_) => {
-                let now = state.clock.now();
+                let now = ctx.clock.now();
                 // Under load the runner wakes hundreds of times a second;
                 // the next due time is looked up at most every RECHECK, and
                 // the sleep never runs past it. A remembered time already
@@ -1448,7 +1439,7 @@ async fn run_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
                 });
                 let next = match fresh {
                     Some((_, next)) => Ok(next),
-                    None => blocking(&state, next_due).await.inspect(|next| {
+                    None => blocking(&ctx, next_due).await.inspect(|next| {
                         next_known = Some((Instant::now(), *next));
                     }),
                 };
@@ -1469,7 +1460,7 @@ async fn run_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = stopped.changed() => {}
-            _ = state.wake.notified() => {}
+            _ = ctx.wake.notified() => {}
             // A job that ended may have left work due now.
             _ = freed.notified() => {}
             _ = tokio::time::sleep(wait) => {}

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod domain;
 pub mod engine;

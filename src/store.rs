@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use crate::clock::Clock;
+use crate::context::Context;
 use crate::db::schema::{grants, jobs};
 use crate::db::{Db, StoreError};
 use crate::dispatch;
@@ -17,19 +17,15 @@ use crate::metrics::{Metrics, StateLabels};
 /// only renders and a scrape costs no query however often it comes. A
 /// failed refresh (database down, a panic in the query) is logged and the
 /// gauges keep their last values; the loop never returns.
-pub async fn refresh_gauges_forever(
-    db: Db,
-    metrics: Arc<Metrics>,
-    clock: Arc<dyn Clock>,
-    every: std::time::Duration,
-) {
+pub async fn refresh_gauges_forever(ctx: Arc<Context>) {
+    let every = ctx.config.server.metrics_refresh.std();
     let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
     // A slow refresh delays the next one instead of running them back to back.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (db, m, now) = (db.clone(), metrics.clone(), clock.now());
-        match tokio::task::spawn_blocking(move || refresh_gauges(&db, &m, now)).await {
+        let (c, now) = (ctx.clone(), ctx.clock.now());
+        match tokio::task::spawn_blocking(move || refresh_gauges(&c.db, &c.metrics, now)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot refresh the metrics gauges"),
             Err(e) => tracing::error!(error = %e, "the metrics gauge refresh failed"),

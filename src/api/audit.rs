@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::api::auth::Caller;
 use crate::api::error::{blocking, ApiError};
 use crate::api::grants::parse_time;
-use crate::app::AppState;
+use crate::api::AppState;
 use crate::audit::{self, Event, EventRow};
 use crate::db::schema::audit_events;
 use crate::db::{Db, StoreError};
@@ -107,7 +107,7 @@ async fn list(
     let f = filter_of(&q, 100)?;
     let st = state.clone();
     let limit = f.limit;
-    let rows = blocking(move || Ok(page(&st.db, &f)?)).await?;
+    let rows = blocking(move || Ok(page(&st.ctx.db, &f)?)).await?;
     let next = if rows.len() as i64 == limit {
         rows.last().map(|r| r.seq)
     } else {
@@ -187,7 +187,7 @@ async fn export(
         .map_err(ApiError::BadRequest)?;
     let mut f = filter_of(&q, 1000)?;
     f.limit = 1000;
-    let db = state.db.clone();
+    let db = state.ctx.db.clone();
     // Pages are fetched as the client reads, so memory stays flat.
     let stream = futures_util::stream::unfold(
         (Some(f), format == Format::Csv),
@@ -246,6 +246,6 @@ fn export_failed() -> actix_web::Error {
 
 async fn verify(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
     let st = state.clone();
-    let v = blocking(move || Ok(audit::verify(&st.db)?)).await?;
+    let v = blocking(move || Ok(audit::verify(&st.ctx.db)?)).await?;
     Ok(HttpResponse::Ok().json(v))
 }

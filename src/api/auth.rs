@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::error::ApiError;
-use crate::app::AppState;
+use crate::api::AppState;
 use crate::config::Role;
 
 /// Who is calling, once their token checked out.
@@ -57,7 +57,7 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let presented = hash_token(token);
     let mut found = None;
     // Compare against every entry so timing does not tell which one matched.
-    for t in &state.config.api.tokens {
+    for t in &state.ctx.config.api.tokens {
         if bool::from(
             t.sha256
                 .to_ascii_lowercase()

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::api::auth::Caller;
 use crate::api::error::{blocking, ApiError};
-use crate::app::AppState;
+use crate::api::AppState;
 use crate::ci::decide::{self, CiDenial};
 use crate::ci::oidc::{TokenError, Verified};
 use crate::ci::{self as ci_core, CiRequest, Outcome, Released};
@@ -51,7 +51,7 @@ async fn verified(state: &AppState, req: &HttpRequest) -> Result<Verified, ApiEr
     let token = bearer(req)?;
     state
         .ci
-        .verify(&state.http, state.clock.now(), token)
+        .verify(&state.ctx.http, state.ctx.clock.now(), token)
         .await
         .map_err(|e| match e {
             TokenError::KeysUnavailable(issuer) => {
@@ -124,6 +124,7 @@ async fn create(
         .transpose()
         .map_err(|e| ApiError::BadRequest(format!("`duration`: {e}")))?;
     let issuer = state
+        .ctx
         .config
         .ci
         .issuers
@@ -131,7 +132,7 @@ async fn create(
         .find(|i| i.name == v.issuer)
         .ok_or(ApiError::Internal)?;
     let run = ci_core::run_of(issuer, &v.claims).map_err(ApiError::Unauthorized)?;
-    let trusted = decide::trust(&state.config, &v.issuer, &v.claims, &resource).map_err(|d| {
+    let trusted = decide::trust(&state.ctx.config, &v.issuer, &v.claims, &resource).map_err(|d| {
         tracing::info!(issuer = %v.issuer, reason = %d.reason, %resource, "CI request not trusted");
         refused(d)
     })?;
@@ -151,15 +152,17 @@ async fn create(
         duration,
         max_duration: trusted.rule.max_duration.0,
     };
-    let now = state.clock.now();
+    let now = state.ctx.clock.now();
     let st = state.clone();
     let r = request.clone();
     let (outcome, credential) = blocking(move || {
-        let outcome = ci_core::request(&st.db, &st.config, now, &r)?;
+        let outcome = ci_core::request(&st.ctx.db, &st.ctx.config, now, &r)?;
         let credential = match &outcome {
-            Outcome::Created(g) | Outcome::Existing(g) => {
-                st.tokens.issue(&st.db, now, g).map_err(credential_error)?
-            }
+            Outcome::Created(g) | Outcome::Existing(g) => st
+                .ctx
+                .tokens
+                .issue(&st.ctx.db, now, g)
+                .map_err(credential_error)?,
             Outcome::Denied(_) | Outcome::UnknownTicket => None,
         };
         Ok((outcome, credential))
@@ -167,7 +170,7 @@ async fn create(
     .await?;
     let (status, grant) = match outcome {
         Outcome::Created(g) => {
-            state.wake.notify_one();
+            state.ctx.wake.notify_one();
             (StatusCode::CREATED, g)
         }
         Outcome::Existing(g) => (StatusCode::OK, g),
@@ -201,7 +204,7 @@ async fn release(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let v = verified(&state, &req).await?;
-    let principals: Vec<String> = decide::principals(&state.config, &v.issuer, &v.claims)
+    let principals: Vec<String> = decide::principals(&state.ctx.config, &v.issuer, &v.claims)
         .into_iter()
         .map(str::to_string)
         .collect();
@@ -215,13 +218,13 @@ async fn release(
         });
     }
     let id = id.into_inner();
-    let now = state.clock.now();
+    let now = state.ctx.clock.now();
     let st = state.clone();
     let (issuer, gid) = (v.issuer.clone(), id.clone());
     let released = blocking(move || {
         Ok(ci_core::release(
-            &st.db,
-            &st.config,
+            &st.ctx.db,
+            &st.ctx.config,
             now,
             &gid,
             &issuer,
@@ -236,7 +239,7 @@ async fn release(
             message: format!("grant {id} is not held by this pipeline's identity"),
         }),
         Released::Done(g) => {
-            state.wake.notify_one();
+            state.ctx.wake.notify_one();
             tracing::info!(grant = %g.id, principal = %g.subject, "CI grant released");
             Ok(HttpResponse::Ok().json(json!({ "grant": Grant::from(*g) })))
         }
@@ -280,18 +283,18 @@ async fn introspect(
         return Err(ApiError::PayloadTooLarge(MAX_BODY));
     }
     let token = token_param(&req, &body)?;
-    let now = state.clock.now();
+    let now = state.ctx.clock.now();
     let st = state.clone();
-    let answer = blocking(move || Ok(st.tokens.introspect(&st.db, now, &token)?)).await?;
+    let answer = blocking(move || Ok(st.ctx.tokens.introspect(&st.ctx.db, now, &token)?)).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(answer))
 }
 
 async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let now = state.clock.now();
+    let now = state.ctx.clock.now();
     let st = state.clone();
-    let keys = blocking(move || Ok(st.tokens.jwks(&st.db, now)?)).await?;
+    let keys = blocking(move || Ok(st.ctx.tokens.jwks(&st.ctx.db, now)?)).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "public, max-age=60"))
         .json(keys))

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::api::auth::Caller;
 use crate::api::error::{blocking, ApiError};
-use crate::app::AppState;
+use crate::api::AppState;
 use crate::audit::{Event, EventRow};
 use crate::db::schema::{audit_events, decisions};
 use crate::dispatch;
@@ -75,7 +75,7 @@ async fn list(
         limit,
     };
     let st = state.clone();
-    let rows = blocking(move || Ok(st.db.read(|c| grants::list(c, &filter))?)).await?;
+    let rows = blocking(move || Ok(st.ctx.db.read(|c| grants::list(c, &filter))?)).await?;
     let next = if rows.len() as i64 == limit {
         rows.last().map(|g| g.id.clone())
     } else {
@@ -92,7 +92,7 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let st = state.clone();
-    let row = blocking(move || Ok(st.db.read(|c| grants::get(c, &id))?)).await?;
+    let row = blocking(move || Ok(st.ctx.db.read(|c| grants::get(c, &id))?)).await?;
     match row {
         Some(g) => Ok(HttpResponse::Ok().json(Grant::from(g))),
         None => Err(ApiError::NotFound("no such grant".into())),
@@ -128,12 +128,12 @@ async fn revoke(
     let (reason, note) = manual_reason(body.reason.as_deref());
     let id = id.into_inner();
     let st = state.clone();
-    let now = state.clock.now();
+    let now = state.ctx.clock.now();
     let actor = caller.actor();
     let row = blocking(move || {
         Ok(engine::revoke_by_hand(
-            &st.db,
-            &st.config,
+            &st.ctx.db,
+            &st.ctx.config,
             now,
             &id,
             reason,
@@ -142,7 +142,7 @@ async fn revoke(
         )?)
     })
     .await?;
-    state.wake.notify_one();
+    state.ctx.wake.notify_one();
     match row {
         Some(g) => Ok(HttpResponse::Ok().json(Grant::from(g))),
         None => Err(ApiError::NotFound("no such grant".into())),
@@ -171,7 +171,7 @@ async fn ticket(
     let st = state.clone();
     let k = key.to_string();
     let found = blocking(move || {
-        Ok(st.db.read(|conn| {
+        Ok(st.ctx.db.read(|conn| {
             let Some(row) = engine::load_ticket(conn, &k)? else {
                 return Ok(None);
             };

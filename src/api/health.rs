@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::api::error::blocking;
-use crate::app::AppState;
+use crate::api::AppState;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
@@ -19,26 +19,25 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     // A loop that commits or revokes is down (and being restarted): the
     // process answers, but it cannot keep its promises now.
-    let down = state.health.down();
+    let down = state.ctx.health.down();
     if !down.is_empty() {
         tracing::warn!(parts = ?down, "not ready: supervised parts are down");
         return HttpResponse::ServiceUnavailable().json(json!({
             "status": "unavailable",
-            "database": state.db.backend(),
+            "database": state.ctx.db.backend(),
             "down": down,
             "message": "parts of warrant that commit or revoke are restarting",
         }));
     }
-    let db = state.db.clone();
+    let db = state.ctx.db.clone();
     match blocking(move || Ok(db.ready())).await {
-        Ok(Ok(())) => {
-            HttpResponse::Ok().json(json!({ "status": "ready", "database": state.db.backend() }))
-        }
+        Ok(Ok(())) => HttpResponse::Ok()
+            .json(json!({ "status": "ready", "database": state.ctx.db.backend() })),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready");
             HttpResponse::ServiceUnavailable().json(json!({
                 "status": "unavailable",
-                "database": state.db.backend(),
+                "database": state.ctx.db.backend(),
                 "message": "database unreachable or migrations pending",
             }))
         }
@@ -52,5 +51,5 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(state.ctx.metrics.render())
 }

@@ -6,7 +6,10 @@ pub mod ci;
 pub mod error;
 pub mod grants;
 pub mod health;
+pub mod state;
 pub mod webhooks;
+
+pub use state::AppState;
 
 use actix_web::web;
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
-use crate::app::AppState;
+use crate::api::AppState;
 use crate::config::whsec_key;
 use crate::domain::Source;
 use crate::engine::{Delivery, Ingested, Outcome};
@@ -36,7 +36,7 @@ pub(crate) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<web::Bytes, ApiError> {
-    let limit = state.config.server.max_body_bytes;
+    let limit = state.ctx.config.server.max_body_bytes;
     let declared = header(req, "content-length").and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
@@ -45,7 +45,7 @@ pub(crate) async fn read_body(
         return Err(ApiError::Busy);
     };
     tokio::time::timeout(
-        state.config.server.read_timeout.std(),
+        state.ctx.config.server.read_timeout.std(),
         read_limited(payload, limit),
     )
     .await
@@ -110,7 +110,7 @@ async fn receive(
     let source: Source = path.into_inner().parse().map_err(|_| {
         ApiError::NotFound("no such webhook source (github, jira or servicenow)".into())
     })?;
-    let sources_cfg = &state.config.sources;
+    let sources_cfg = &state.ctx.config.sources;
     let configured = match source {
         Source::Github => sources_cfg.github.is_some(),
         Source::Jira => sources_cfg.jira.is_some(),
@@ -136,6 +136,7 @@ async fn receive(
         Err(_) => "error",
     };
     state
+        .ctx
         .metrics
         .webhooks
         .get_or_create(&WebhookLabels {
@@ -163,8 +164,8 @@ async fn receive_configured(
     payload: web::Payload,
 ) -> Result<(Outcome, String), ApiError> {
     let body = read_body(state, req, payload).await?;
-    let now = state.clock.now();
-    let sources_cfg = &state.config.sources;
+    let now = state.ctx.clock.now();
+    let sources_cfg = &state.ctx.config.sources;
     let unauthorized = |e: signature::SignatureError| ApiError::Unauthorized(e.to_string());
     let secret_of = |s: &Option<crate::config::Secret>| s.clone().ok_or(ApiError::Internal);
     let (id, parsed) = match source {
@@ -212,7 +213,7 @@ async fn receive_configured(
                 header(req, "webhook-signature"),
                 &body,
                 now,
-                state.config.server.timestamp_tolerance.0,
+                state.ctx.config.server.timestamp_tolerance.0,
             )
             .map_err(unauthorized)?;
             let id = delivery_id(header(req, "webhook-id"), "webhook-id")?;
@@ -233,9 +234,9 @@ async fn receive_configured(
         } => k.to_string(),
         Parsed::Ignored { ticket: None, .. } => id.clone(),
     };
-    let Ingested { outcome, queued } = state.commit.ingest(&lane, now, delivery).await?;
+    let Ingested { outcome, queued } = state.ctx.commit.ingest(&lane, now, delivery).await?;
     if queued {
-        state.wake.notify_one();
+        state.ctx.wake.notify_one();
     }
     Ok((outcome, id))
 }

@@ -14,12 +14,11 @@ pub mod postgres;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::config::{Config, ProviderConfig};
+use crate::context::Context;
 use crate::domain::Resource;
 use crate::domain::{from_micros, rfc3339};
 use crate::grants::GrantRow;
@@ -134,16 +133,12 @@ pub struct Call<'a> {
     pub expires_at: String,
 }
 
-pub async fn call(
-    state: &Arc<AppState>,
-    g: &GrantRow,
-    action: Action,
-) -> Result<(), ProviderError> {
+pub async fn call(ctx: &Context, g: &GrantRow, action: Action) -> Result<(), ProviderError> {
     let (provider, target) = g
         .resource
         .split_once('/')
         .unwrap_or((g.resource.as_str(), ""));
-    let Some(config) = state.config.providers.get(provider) else {
+    let Some(config) = ctx.config.providers.get(provider) else {
         return Err(ProviderError::Unknown(provider.to_string()));
     };
     // The decision checked this when the grant was made; a row written
@@ -171,12 +166,12 @@ pub async fn call(
     };
     let calling = async {
         match config {
-            ProviderConfig::Http(h) => http::call(&state.http, h, &call, state.clock.now()).await,
-            ProviderConfig::Postgres(_) => match state.providers.postgres.get(provider) {
+            ProviderConfig::Http(h) => http::call(&ctx.http, h, &call, ctx.clock.now()).await,
+            ProviderConfig::Postgres(_) => match ctx.providers.postgres.get(provider) {
                 Some(pool) => pool.call(&call).await,
                 None => Err(ProviderError::Unknown(provider.to_string())),
             },
-            ProviderConfig::GithubTeam(gh) => github_team::call(&state.http, gh, &call).await,
+            ProviderConfig::GithubTeam(gh) => github_team::call(&ctx.http, gh, &call).await,
             // A token grant is the credential itself: nothing to apply, and
             // introspection answers from the grant's state.
             ProviderConfig::Token(_) => Ok(()),

@@ -9,9 +9,10 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::Connection;
 use serde_json::Value;
-use warrant::app::{App, AppState, Options};
+use warrant::app::{App, Options};
 use warrant::clock::ManualClock;
 use warrant::config::Config;
+use warrant::context::Context;
 use warrant::sources::signature::{sign_hub, sign_standard};
 
 pub const GH_SECRET: &str = "gh-test-secret";
@@ -351,7 +352,8 @@ pub fn env(name: &str) -> Option<String> {
 pub struct TestApp {
     pub addr: String,
     pub client: reqwest::Client,
-    pub state: Arc<AppState>,
+    /// What the app's workers share (database, clock, commit lanes, health).
+    pub ctx: Arc<Context>,
     pub clock: ManualClock,
     pub receiver: Receiver,
     pub backend: Backend,
@@ -384,13 +386,13 @@ impl TestApp {
         };
         let app = App::build(config, options).await.expect("app builds");
         let addr = format!("http://127.0.0.1:{}", app.port());
-        let state = app.state();
+        let ctx = app.context();
         let handle = app.server_handle();
         tokio::spawn(app.run_until_stopped());
         Some(TestApp {
             addr,
             client: reqwest::Client::new(),
-            state,
+            ctx,
             clock,
             receiver,
             backend,
@@ -416,7 +418,7 @@ impl TestApp {
 
     /// What the app's gauge refresher does at each tick, now.
     pub async fn refresh_gauges(&self) {
-        let st = self.state.clone();
+        let st = self.ctx.clone();
         tokio::task::spawn_blocking(move || {
             warrant::store::refresh_gauges(&st.db, &st.metrics, st.clock.now())
         })
@@ -426,7 +428,7 @@ impl TestApp {
     }
 
     pub async fn run_jobs(&self) -> usize {
-        warrant::jobs::run_pending(&self.state)
+        warrant::jobs::run_pending(&self.ctx)
             .await
             .expect("jobs run")
     }

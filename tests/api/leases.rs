@@ -241,7 +241,7 @@ async fn a_close_during_a_slow_grant_call_is_applied_after_it(backend: Backend) 
     let mut issue = open_and_approve(&app, "hooks/orders-db").await;
     assert_eq!(only_grant(&app).await["state"], "granting");
 
-    let st = app.state.clone();
+    let st = app.ctx.clone();
     let app_now = app.clock_now();
     let first = tokio::spawn(async move { warrant::jobs::run_due(&st).await });
     wait_until("the grant call", StdDuration::from_secs(10), || {
@@ -300,7 +300,7 @@ async fn a_close_during_a_slow_grant_call_is_applied_after_it(backend: Backend) 
         // either: it is measured on the server's clock.
         app.advance(Duration::hours(1));
     }
-    let again = warrant::jobs::run_due(&app.state).await.unwrap();
+    let again = warrant::jobs::run_due(&app.ctx).await.unwrap();
     assert_eq!(
         again,
         0,
@@ -357,7 +357,7 @@ default_duration = "1h"
     };
     open_and_approve(&app, "gh/platform").await;
     let started = Instant::now();
-    assert_eq!(warrant::jobs::run_due(&app.state).await.unwrap(), 1);
+    assert_eq!(warrant::jobs::run_due(&app.ctx).await.unwrap(), 1);
     let took = started.elapsed();
     assert!(
         took >= StdDuration::from_millis(900) && took < StdDuration::from_millis(2400),
@@ -394,7 +394,7 @@ default_duration = "1h"
     .await;
     slow.set_delay(0);
     assert_eq!(
-        warrant::jobs::run_due(&app.state).await.unwrap(),
+        warrant::jobs::run_due(&app.ctx).await.unwrap(),
         0,
         "not before its backoff"
     );

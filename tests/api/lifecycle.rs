@@ -604,7 +604,7 @@ async fn sweeper_revokes_a_grant_that_lost_its_job(backend: Backend) {
         "active",
         "no job, nothing happens"
     );
-    let swept = warrant::jobs::sweep(&app.state.db, app.clock_now()).unwrap();
+    let swept = warrant::jobs::sweep(&app.ctx.db, app.clock_now()).unwrap();
     assert_eq!(swept, 1);
     app.run_jobs().await;
     let g = only_grant(&app, KEY).await;
@@ -628,7 +628,7 @@ async fn a_claim_holds_its_lease(backend: Backend) {
     open_and_approve(&app, payloads::form("hooks/orders-db", "2h", None)).await;
     let now = warrant::clock::Clock::now(&app.clock);
     let lease = Duration::seconds(60);
-    let db = app.state.db.clone();
+    let db = app.ctx.db.clone();
     let first = tokio::task::spawn_blocking(move || {
         let first = warrant::jobs::claim(&db, "one", now, lease, 10).unwrap();
         let again =

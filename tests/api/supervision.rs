@@ -16,7 +16,7 @@ const KEY: &str = "github:acme/access-requests#42";
 
 async fn a_panicking_unit_fails_alone(backend: Backend) {
     let app = app!(backend);
-    let commit = app.state.commit.clone();
+    let commit = app.ctx.commit.clone();
     let bad = commit.submit(
         "jira:OPS-1",
         t0(),
@@ -87,9 +87,9 @@ async fn readyz_is_unavailable_while_a_supervised_part_is_down(backend: Backend)
     let (status, body) = readyz().await;
     assert_eq!(status, 200, "{body}");
     // The commit lanes registered themselves and run.
-    assert!(app.state.health.down().is_empty());
+    assert!(app.ctx.health.down().is_empty());
     // A loop that died shows as down until its supervisor has it running.
-    let part = app.state.health.register("job-runner");
+    let part = app.ctx.health.register("job-runner");
     let (status, body) = readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["down"], json!(["job-runner"]));
