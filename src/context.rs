@@ -64,10 +64,10 @@ impl Context {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ContextError::Http(e.to_string()))?;
-        let providers = Providers::new(&config);
         let tokens = KeyRing::new(&config).map_err(ContextError::Keys)?;
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
+        let providers = Providers::new(config.clone(), http.clone(), clock.clone());
         let health = Health::new();
         let commit = Committer::start(
             db.clone(),

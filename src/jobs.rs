@@ -718,7 +718,7 @@ async fn call_leased(
     if left.is_zero() {
         return None;
     }
-    match tokio::time::timeout(left, providers::call(ctx, g, action)).await {
+    match tokio::time::timeout(left, ctx.providers.call(g, action)).await {
         Ok(answer) => Some(answer),
         Err(_) => {
             lease.lose();

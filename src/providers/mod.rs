@@ -14,11 +14,12 @@ pub mod postgres;
 pub mod token;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::clock::Clock;
 use crate::config::{Config, ProviderConfig};
-use crate::context::Context;
 use crate::domain::Resource;
 use crate::domain::{from_micros, rfc3339};
 use crate::grants::GrantRow;
@@ -92,8 +93,13 @@ pub fn check_resource(config: &Config, resource: &Resource) -> Result<(), String
 }
 
 /// Per-provider state that outlives one call (connection pools).
-#[derive(Default)]
+/// The configured providers and what their calls need: the outbound
+/// client, the clock (the `http` provider signs with the time), and a pool
+/// per `postgres` provider.
 pub struct Providers {
+    config: Arc<Config>,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
     postgres: HashMap<String, postgres::Pool>,
 }
 
@@ -106,7 +112,7 @@ impl std::fmt::Debug for Providers {
 }
 
 impl Providers {
-    pub fn new(config: &Config) -> Providers {
+    pub fn new(config: Arc<Config>, http: reqwest::Client, clock: Arc<dyn Clock>) -> Providers {
         let mut postgres = HashMap::new();
         for (name, p) in &config.providers {
             if let ProviderConfig::Postgres(pg) = p {
@@ -115,7 +121,12 @@ impl Providers {
                 }
             }
         }
-        Providers { postgres }
+        Providers {
+            config,
+            http,
+            clock,
+            postgres,
+        }
     }
 }
 
@@ -133,73 +144,76 @@ pub struct Call<'a> {
     pub expires_at: String,
 }
 
-pub async fn call(ctx: &Context, g: &GrantRow, action: Action) -> Result<(), ProviderError> {
-    let (provider, target) = g
-        .resource
-        .split_once('/')
-        .unwrap_or((g.resource.as_str(), ""));
-    let Some(config) = ctx.config.providers.get(provider) else {
-        return Err(ProviderError::Unknown(provider.to_string()));
-    };
-    // The decision checked this when the grant was made; a row written
-    // before that, or by hand, still never gets access applied. Removal is
-    // not refused: it must not be stopped by a target an older version
-    // accepted, and each provider keeps its own revoke harmless (postgres
-    // quotes the role, http sends it as data, github_team refuses a URL
-    // path that is not single encoded segments).
-    if action == Action::Grant {
-        if let Err(why) = check_target(provider, config, target) {
-            tracing::warn!(grant = %g.id, provider, "grant refused: bad target");
-            return Err(ProviderError::Refused(why));
+impl Providers {
+    /// Applies or removes the grant at its provider.
+    pub async fn call(&self, g: &GrantRow, action: Action) -> Result<(), ProviderError> {
+        let (provider, target) = g
+            .resource
+            .split_once('/')
+            .unwrap_or((g.resource.as_str(), ""));
+        let Some(config) = self.config.providers.get(provider) else {
+            return Err(ProviderError::Unknown(provider.to_string()));
+        };
+        // The decision checked this when the grant was made; a row written
+        // before that, or by hand, still never gets access applied. Removal is
+        // not refused: it must not be stopped by a target an older version
+        // accepted, and each provider keeps its own revoke harmless (postgres
+        // quotes the role, http sends it as data, github_team refuses a URL
+        // path that is not single encoded segments).
+        if action == Action::Grant {
+            if let Err(why) = check_target(provider, config, target) {
+                tracing::warn!(grant = %g.id, provider, "grant refused: bad target");
+                return Err(ProviderError::Refused(why));
+            }
         }
+        let call = Call {
+            action,
+            grant_id: &g.id,
+            subject: &g.subject,
+            account: &g.account,
+            resource: &g.resource,
+            target,
+            ticket: &g.ticket,
+            starts_at: rfc3339(from_micros(g.starts_at)),
+            expires_at: rfc3339(from_micros(g.expires_at)),
+        };
+        let calling = async {
+            match config {
+                ProviderConfig::Http(h) => http::call(&self.http, h, &call, self.clock.now()).await,
+                ProviderConfig::Postgres(_) => match self.postgres.get(provider) {
+                    Some(pool) => pool.call(&call).await,
+                    None => Err(ProviderError::Unknown(provider.to_string())),
+                },
+                ProviderConfig::GithubTeam(gh) => github_team::call(&self.http, gh, &call).await,
+                // A token grant is the credential itself: nothing to apply, and
+                // introspection answers from the grant's state.
+                ProviderConfig::Token(_) => Ok(()),
+            }
+        };
+        // Every call ends within its provider's `timeout`, which the
+        // configuration keeps shorter than the job's lease: a call never runs
+        // on after its job could have passed to another runner. An abandoned
+        // call counts as failed (it may still have landed; the job retries, and
+        // both actions are idempotent).
+        let result = match config.timeout() {
+            Some(limit) => tokio::time::timeout(limit.std(), calling)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::Call(format!(
+                        "no answer within {}",
+                        crate::domain::format_duration(limit.0)
+                    )))
+                }),
+            None => calling.await,
+        };
+        match &result {
+            Ok(()) => {
+                tracing::info!(grant = %g.id, provider, action = action.as_str(), "provider call done")
+            }
+            Err(e) => {
+                tracing::warn!(grant = %g.id, provider, action = action.as_str(), error = %e, "provider call failed")
+            }
+        }
+        result
     }
-    let call = Call {
-        action,
-        grant_id: &g.id,
-        subject: &g.subject,
-        account: &g.account,
-        resource: &g.resource,
-        target,
-        ticket: &g.ticket,
-        starts_at: rfc3339(from_micros(g.starts_at)),
-        expires_at: rfc3339(from_micros(g.expires_at)),
-    };
-    let calling = async {
-        match config {
-            ProviderConfig::Http(h) => http::call(&ctx.http, h, &call, ctx.clock.now()).await,
-            ProviderConfig::Postgres(_) => match ctx.providers.postgres.get(provider) {
-                Some(pool) => pool.call(&call).await,
-                None => Err(ProviderError::Unknown(provider.to_string())),
-            },
-            ProviderConfig::GithubTeam(gh) => github_team::call(&ctx.http, gh, &call).await,
-            // A token grant is the credential itself: nothing to apply, and
-            // introspection answers from the grant's state.
-            ProviderConfig::Token(_) => Ok(()),
-        }
-    };
-    // Every call ends within its provider's `timeout`, which the
-    // configuration keeps shorter than the job's lease: a call never runs
-    // on after its job could have passed to another runner. An abandoned
-    // call counts as failed (it may still have landed; the job retries, and
-    // both actions are idempotent).
-    let result = match config.timeout() {
-        Some(limit) => tokio::time::timeout(limit.std(), calling)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ProviderError::Call(format!(
-                    "no answer within {}",
-                    crate::domain::format_duration(limit.0)
-                )))
-            }),
-        None => calling.await,
-    };
-    match &result {
-        Ok(()) => {
-            tracing::info!(grant = %g.id, provider, action = action.as_str(), "provider call done")
-        }
-        Err(e) => {
-            tracing::warn!(grant = %g.id, provider, action = action.as_str(), error = %e, "provider call failed")
-        }
-    }
-    result
 }
