@@ -4,6 +4,8 @@
 //! function decides what the snapshot warrants (`policy`); a reconciler
 //! moves grants toward it (`engine`) through durable jobs (`jobs`) that call
 //! the providers (`providers`); every change is audited (`audit`).
+//! Workers share a `context::Context`; HTTP handlers an `api::AppState`
+//! around it; `app` builds both and is imported by nothing but `cli`.
 
 pub mod api;
 pub mod app;
