@@ -130,6 +130,9 @@ pub fn approved_request<'s, 'c>(
             ))
         }
     }
+    if let Some(why) = unwatched(snap, config) {
+        return Err(denial(DenyReason::TicketClosed, why));
+    }
     if !snap.approved {
         return Err(denial(
             DenyReason::NotApproved,
@@ -182,6 +185,42 @@ pub fn approved_request<'s, 'c>(
         duration,
         approvers,
     })
+}
+
+/// Why warrant no longer watches the ticket's source or project, if it does
+/// not: the source was removed from `[sources]`, or the repository or Jira
+/// project from its list. Such a ticket is closed for warrant, under the key
+/// it had, so `reconcile` revokes what it warranted.
+fn unwatched(snap: &Snapshot, config: &Config) -> Option<String> {
+    let listed = |list: &[String]| {
+        list.iter()
+            .any(|p| p.trim().to_lowercase() == snap.project.trim().to_lowercase())
+    };
+    let s = &config.sources;
+    let (configured, project_listed) = match snap.source {
+        Source::Github => (
+            s.github.is_some(),
+            s.github.as_ref().is_some_and(|g| listed(&g.repositories)),
+        ),
+        Source::Jira => (
+            s.jira.is_some(),
+            s.jira.as_ref().is_some_and(|j| listed(&j.projects)),
+        ),
+        Source::Servicenow => (s.servicenow.is_some(), s.servicenow.is_some()),
+    };
+    if !configured {
+        Some(format!(
+            "no longer watched: the {} source is not configured",
+            snap.source
+        ))
+    } else if !project_listed {
+        Some(format!(
+            "no longer watched: {} is not listed in the configuration",
+            scope(snap.source, &snap.project)
+        ))
+    } else {
+        None
+    }
 }
 
 /// What the snapshot warrants at `now`.
@@ -311,14 +350,23 @@ pub fn window_under<'a>(
     // yields the same window instead of sliding it forward. A source clock
     // running ahead of ours must not push the start into the future.
     let start = start.unwrap_or(approved_at.min(now));
-    let end = match (end, duration) {
-        (Some(end), _) => end,
-        (None, Some(d)) => start + d,
-        (None, None) => {
-            start
-                + policy
+    // Sources read only years 1970 through 9999, but a stored snapshot or a
+    // configured duration is not proof against overflow: out of chrono's
+    // range is a denial, never a panic.
+    let end = match end {
+        Some(end) => end,
+        None => {
+            let length = duration.unwrap_or_else(|| {
+                policy
                     .default_duration
                     .map_or(policy.max_duration.0.min(Duration::hours(1)), |d| d.0)
+            });
+            start.checked_add_signed(length).ok_or_else(|| {
+                denial(
+                    DenyReason::InvalidRequest,
+                    "the window's end is out of range",
+                )
+            })?
         }
     };
     if end <= start {
@@ -333,7 +381,8 @@ pub fn window_under<'a>(
             format!("the window ended at {}", crate::domain::rfc3339(end)),
         ));
     }
-    let span = end - start.max(now);
+    // Two times in chrono's range are never further apart than a TimeDelta holds.
+    let span = end.signed_duration_since(start.max(now));
     if span > policy.max_duration.0 {
         return Err(denial(
             DenyReason::DurationExceedsPolicy,
@@ -365,6 +414,9 @@ mod tests {
     use chrono::TimeZone;
 
     const CONFIG: &str = r#"
+[sources.github]
+secret_env = "GH"
+repositories = ["acme/req"]
 [[identities]]
 principal = "dave"
 github = "dave-gh"
@@ -393,7 +445,12 @@ kind = "token"
 "#;
 
     fn config() -> Config {
-        Config::from_toml(CONFIG, &|k| (k == "DB").then(|| "postgres://x".to_string())).unwrap()
+        Config::from_toml(CONFIG, &|k| match k {
+            "DB" => Some("postgres://x".to_string()),
+            "GH" => Some("gh-secret".to_string()),
+            _ => None,
+        })
+        .unwrap()
     }
 
     fn t(h: u32, m: u32) -> DateTime<Utc> {

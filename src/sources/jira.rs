@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    at, from_epoch_millis, ignored, need_str, parse_jira_datetime, parse_object, quote, same_name,
-    scalar_text, str_at, ticket_key, Draft, Parsed, SourceError,
+    at, epoch_millis, ignored, need_str, parse_jira_datetime, parse_object, quote, same_name,
+    scalar_text, str_at, ticket_key, Draft, Parsed, SourceError, YEARS,
 };
 use crate::config::JiraSource;
 use crate::domain::Source;
@@ -131,14 +131,22 @@ fn updated_at(
     root: &Map<String, Value>,
     fields: &Map<String, Value>,
 ) -> Result<DateTime<Utc>, SourceError> {
-    if let Some(t) = root.get("timestamp").and_then(from_epoch_millis) {
-        return Ok(t);
+    match root.get("timestamp").and_then(epoch_millis) {
+        Some(Some(t)) => return Ok(t),
+        // A number warrant would have to order by, but outside the years it
+        // reads: no fallback, so the sender learns of it.
+        Some(None) => {
+            return Err(SourceError::Malformed(format!(
+                "{WHAT}: `timestamp` is outside the {YEARS}"
+            )))
+        }
+        None => {}
     }
     str_at(fields, &["updated"])
         .and_then(parse_jira_datetime)
         .ok_or_else(|| {
             SourceError::Malformed(format!(
-                "{WHAT}: neither `timestamp` nor `issue.fields.updated` is a time"
+                "{WHAT}: neither `timestamp` nor `issue.fields.updated` is a time in the {YEARS}"
             ))
         })
 }
@@ -238,7 +246,7 @@ fn optional_time(
         None => Ok(None),
         Some(t) => parse_jira_datetime(&t).map(Some).ok_or_else(|| {
             format!(
-                "field `{}` ({role}) `{}` is not a date-time (write 2026-11-25T10:00:00.000+0000)",
+                "field `{}` ({role}) `{}` is not a date-time in the {YEARS} (write 2026-11-25T10:00:00.000+0000)",
                 quote(name),
                 quote(&t)
             )
