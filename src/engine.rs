@@ -372,6 +372,37 @@ fn fold(
         )
         .ticket(key.as_str()),
     );
+    // A sender's clock ahead of ours by more than the webhook tolerance
+    // would pin the ticket: every genuine later event would look older.
+    // Such a time counts as the time warrant received it.
+    let limit = now
+        .checked_add_signed(config.server.timestamp_tolerance.0)
+        .unwrap_or(now);
+    let mut clamped;
+    let ev = if ev.updated_at > limit {
+        events.push(
+            NewEvent::new(
+                "ticket.clock_ahead",
+                "warrant",
+                json!({
+                    "delivery": d.id,
+                    "sent_updated_at": rfc3339(ev.updated_at),
+                    "counted_as": rfc3339(now),
+                }),
+            )
+            .ticket(key.as_str()),
+        );
+        clamped = ev.clone();
+        clamped.updated_at = now;
+        if let crate::ticket::ApprovalSignal::Given { at, .. }
+        | crate::ticket::ApprovalSignal::Stated { at, .. } = &mut clamped.approval
+        {
+            *at = (*at).min(now);
+        }
+        &clamped
+    } else {
+        ev
+    };
     let prev = t.rows.get(&k);
     if let Some(row) = prev {
         if to_micros(ev.updated_at) < row.source_updated_at {
@@ -389,6 +420,18 @@ fn fold(
     let prev_snap = prev.and_then(|r| serde_json::from_str::<Snapshot>(&r.snapshot).ok());
     let stored_decision = prev.and_then(|r| r.decision.clone());
     let snap = merge(prev_snap.as_ref(), ev.clone());
+    // A new or edited request is read back on the ticket before anyone
+    // approves it; one that this very event approves gets the grant's note.
+    let unapproved = snap
+        .approval
+        .as_ref()
+        .is_none_or(|a| a.fingerprint != snap.request_fingerprint());
+    let reread = prev_snap
+        .as_ref()
+        .is_none_or(|p| p.request_fingerprint() != snap.request_fingerprint());
+    if snap.status == crate::ticket::TicketStatus::Open && unapproved && reread {
+        crate::backlinks::enqueue(conn, config, now, &k, &crate::backlinks::read_back(&snap))?;
+    }
     if prev_snap.as_ref() != Some(&snap) {
         let json = serde_json::to_string(&snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let at = to_micros(now);

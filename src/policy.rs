@@ -673,4 +673,65 @@ kind = "token"
         );
         assert_eq!(w.expires_at, w2.expires_at);
     }
+
+    #[test]
+    fn window_arithmetic_never_overflows() {
+        let last = DateTime::<Utc>::MAX_UTC;
+        let c = Case {
+            start: Some(last - Duration::minutes(1)),
+            duration: Some("2h"),
+            now: last - Duration::hours(1),
+            ..base("a start at the end of time")
+        };
+        assert_eq!(run(&c).reason(), Some(DenyReason::InvalidRequest));
+        let c = Case {
+            start: Some(DateTime::<Utc>::MIN_UTC),
+            end: Some(last),
+            ..base("the widest window")
+        };
+        assert_eq!(run(&c).reason(), Some(DenyReason::DurationExceedsPolicy));
+    }
+
+    #[test]
+    fn a_ticket_warrant_no_longer_watches_is_closed() {
+        let c = base("watched");
+        let ev = TicketEvent {
+            key: TicketKey::github("acme/gone", 1),
+            source: Source::Github,
+            project: "acme/gone".into(),
+            status: TicketStatus::Open,
+            source_status: "open".into(),
+            title: "t".into(),
+            updated_at: t(10, 0),
+            request: Ok(Request {
+                subject: c.subject.into(),
+                resource: c.resource.into(),
+                start: None,
+                end: None,
+                duration: Some("2h".into()),
+                justification: "t".into(),
+            }),
+            approval: ApprovalSignal::Given {
+                by: vec![c.approver.into()],
+                at: t(10, 0),
+            },
+        };
+        let snap = merge(None, ev.clone());
+        let d = decide(&snap, &config(), t(10, 0));
+        assert_eq!(d.reason(), Some(DenyReason::TicketClosed));
+        assert!(d.detail().contains("acme/gone"), "{}", d.detail());
+        let jira = merge(
+            None,
+            TicketEvent {
+                key: TicketKey::jira("OPS-1"),
+                source: Source::Jira,
+                project: "OPS".into(),
+                ..ev
+            },
+        );
+        let d = decide(&jira, &config(), t(10, 0));
+        assert_eq!(d.reason(), Some(DenyReason::TicketClosed));
+        assert!(d.detail().contains("jira source"), "{}", d.detail());
+    }
+
 }

@@ -724,4 +724,101 @@ mod tests {
         v["issue"]["number"] = json!(-1);
         assert!(parse(&cfg(), "issues", v.to_string().as_bytes()).is_err());
     }
+
+    fn read(body: &str) -> Result<crate::ticket::Request, String> {
+        event(&payload("edited", body, &[])).request
+    }
+
+    #[test]
+    fn hidden_text_never_fills_a_field() {
+        let visible = "### Resource\n\nhooks/a\n\n### Duration\n\n2h";
+        for body in [
+            format!("{visible}\n\n<!-- ### Resource\n\nhooks/b -->"),
+            format!("<!--\n### Resource\n\nhooks/b\n\n-->\n{visible}"),
+            format!("### Resource\n\n<!-- hooks/b -->hooks/a\n\n### Duration\n\n2h"),
+            format!("{visible}\n\n```\n### Resource\n\nhooks/b\n```"),
+            format!("{visible}\n\n~~~~ text\n### Resource\nhooks/b\n~~~~~"),
+            format!("{visible}\n\n```\n### Resource\n\nhooks/b"),
+            format!("### Resource\n\n    hooks/b\n\nhooks/a\n\n### Duration\n\n2h"),
+            format!("### Resource\n\n\thooks/b\n\nhooks/a\n\n### Duration\n\n2h"),
+            format!("### Resource\r\rhooks/a\r\r### Duration\r\r2h\r\r<!--\r### Resource\rhooks/b\r-->"),
+            format!("{visible}\n\n### Justification\n\n<!--> visible\n\n"),
+        ] {
+            let r = read(&body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+            assert_eq!(r.resource, "hooks/a", "{body:?}");
+            assert_eq!(r.duration.as_deref(), Some("2h"), "{body:?}");
+        }
+        // A comment or fence that hides the only answer leaves no answer.
+        for body in [
+            "### Resource\n\n<!-- hooks/b -->\n\n### Duration\n\n2h",
+            "### Resource\n\n```\nhooks/b\n```\n\n### Duration\n\n2h",
+            "### Resource\n\n    hooks/b\n\n### Duration\n\n2h",
+            "### Resource\n\n<!--\n\nhooks/b",
+        ] {
+            let e = read(body).unwrap_err();
+            assert!(e.contains("no `### Resource` answer"), "{body:?}: {e}");
+        }
+        // An indented line that continues a paragraph is text, not code.
+        let e = read("### Resource\n\nhooks/a\n    hooks/b\n\n### Duration\n\n2h").unwrap_err();
+        assert!(e.contains("not a resource"), "{e}");
+    }
+
+    #[test]
+    fn headings_compare_after_normalization() {
+        // What normalises to a label is that label, so a copy is a duplicate.
+        for second in [
+            "### Reso\u{200b}urce",
+            "### \u{feff}Resource",
+            "### Ｒｅｓｏｕｒｃｅ",
+            "###\tResource ###",
+            "  ### RESOURCE",
+        ] {
+            let body = format!("### Resource\n\nhooks/a\n\n{second}\n\nhooks/b\n\n### Duration\n\n2h");
+            let e = read(&body).unwrap_err();
+            assert!(e.contains("more than one"), "{second:?}: {e}");
+            let alone = format!("{second}\n\nhooks/b\n\n### Duration\n\n2h");
+            assert_eq!(read(&alone).unwrap().resource, "hooks/b", "{second:?}");
+        }
+        // What only looks like a label is refused, never read as another field.
+        for second in [
+            "＃＃＃ Resource",
+            "## Resource",
+            "#### Resource",
+            "### **Resource**",
+            "### Reso&#117;rce",
+            "### R&#x65;source",
+            "### Rеsource",
+            "- ### Resource",
+            "> ### Resource",
+            "<h3>Resource</h3>",
+            "Resource",
+            "**Duration**",
+        ] {
+            let body = format!("### Resource\n\nhooks/a\n\n### Justification\n\nwhy\n\n{second}\n\nhooks/b\n\n### Duration\n\n2h");
+            let e = read(&body).unwrap_err();
+            assert!(e.contains("reads like the form label"), "{second:?}: {e}");
+        }
+        // Other headings end a section and are not fields.
+        let body = "### Resource\n\nhooks/a\n\n## Notes\n\nhooks/b\n\n### Duration\n\n2h\n\n### Resources needed\n\nnone";
+        assert_eq!(read(body).unwrap().resource, "hooks/a");
+        // Not a heading at all, but it reads like one.
+        let e = read("### Resource\n\nhooks/a\n###Duration\n\n2h").unwrap_err();
+        assert!(e.contains("reads like the form label `### Duration`"), "{e}");
+    }
+
+    #[test]
+    fn dates_out_of_range_are_refused() {
+        for start in ["1969-12-31T23:59:59Z", "0000-01-01T00:00:00Z", "1900-01-01T00:00:00+00:00"] {
+            let body = format!("### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n{start}");
+            let e = read(&body).unwrap_err();
+            assert!(e.contains("1970 through 9999"), "{start}: {e}");
+        }
+        let body = "### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n9999-12-31T23:00:00Z";
+        assert!(read(body).is_ok());
+        let mut v = payload("opened", FORM, &[]);
+        v["issue"]["updated_at"] = json!("1969-12-31T23:59:59Z");
+        let e = parse(&cfg(), "issues", v.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("1970 through 9999"), "{e}");
+    }
+
 }
