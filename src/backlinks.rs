@@ -88,7 +88,9 @@ pub fn read_back(snap: &Snapshot) -> String {
     let Some(r) = &snap.request else {
         return format!(
             "warrant: this request cannot be read, so it will not be granted as it stands: {}.",
-            snap.request_error.as_deref().unwrap_or("it asks for nothing")
+            snap.request_error
+                .as_deref()
+                .unwrap_or("it asks for nothing")
         );
     };
     let window = match (r.start, r.end, r.duration.as_deref()) {

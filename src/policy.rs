@@ -59,14 +59,30 @@ impl Decision {
 }
 
 fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
-    Decision::Deny {
-        reason,
-        detail: detail.into(),
-    }
+    let (reason, detail) = denial(reason, detail);
+    Decision::Deny { reason, detail }
 }
 
+/// A denial's detail quotes what a ticket says (a status name, an approver),
+/// so control characters are written out: a NUL byte, which PostgreSQL's
+/// text refuses, must not keep a denial from being recorded.
 fn denial(reason: DenyReason, detail: impl Into<String>) -> (DenyReason, String) {
-    (reason, detail.into())
+    let detail: String = detail.into();
+    let detail = if detail.chars().any(char::is_control) {
+        detail
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        detail
+    };
+    (reason, detail)
 }
 
 /// Does `policy` apply to a ticket from `source` (with its project)?
@@ -373,6 +389,15 @@ pub fn window_under<'a>(
         return Err(denial(
             DenyReason::InvalidRequest,
             "the window ends before it starts",
+        ));
+    }
+    if crate::sources::in_range(end).is_none() {
+        return Err(denial(
+            DenyReason::InvalidRequest,
+            format!(
+                "the window would end at {}, outside the years 1970 through 9999",
+                crate::domain::rfc3339(end)
+            ),
         ));
     }
     if now >= end {
@@ -689,6 +714,18 @@ kind = "token"
             end: Some(last),
             ..base("the widest window")
         };
+        assert_eq!(run(&c).reason(), Some(DenyReason::InvalidRequest));
+        let c = Case {
+            start: Some(Utc.with_ymd_and_hms(9999, 12, 31, 23, 0, 0).unwrap()),
+            duration: Some("2h"),
+            ..base("an end past year 9999")
+        };
+        assert_eq!(run(&c).reason(), Some(DenyReason::InvalidRequest));
+        let c = Case {
+            start: Some(Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap()),
+            end: Some(Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap()),
+            ..base("the widest window in range")
+        };
         assert_eq!(run(&c).reason(), Some(DenyReason::DurationExceedsPolicy));
     }
 
@@ -733,5 +770,4 @@ kind = "token"
         assert_eq!(d.reason(), Some(DenyReason::TicketClosed));
         assert!(d.detail().contains("jira source"), "{}", d.detail());
     }
-
 }

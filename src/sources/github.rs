@@ -277,11 +277,14 @@ mod form {
             let was_in_comment = in_comment;
             let (visible, had_comment) = strip_comments(raw, &mut in_comment);
             let shown = visible.trim();
-            paragraph = !shown.is_empty()
-                && !was_in_comment
-                && !(had_comment && raw.trim_start().starts_with("<!--"))
-                && atx_heading(&visible).is_none()
-                && !thematic_break(&visible);
+            // What ends a paragraph: nothing shown, a comment that began
+            // the line (an HTML block), a heading, a thematic break.
+            let html_block =
+                was_in_comment || (had_comment && raw.trim_start().starts_with("<!--"));
+            paragraph = !(shown.is_empty()
+                || html_block
+                || atx_heading(&visible).is_some()
+                || thematic_break(&visible));
             out.push(visible);
         }
         out
@@ -491,7 +494,10 @@ mod form {
                 continue;
             };
             let name = &tail[..end];
-            let code = if let Some(hex) = name.strip_prefix(['#']).and_then(|n| n.strip_prefix(['x', 'X'])) {
+            let code = if let Some(hex) = name
+                .strip_prefix(['#'])
+                .and_then(|n| n.strip_prefix(['x', 'X']))
+            {
                 u32::from_str_radix(hex, 16).ok()
             } else if let Some(dec) = name.strip_prefix('#') {
                 dec.parse::<u32>().ok()
@@ -735,13 +741,14 @@ mod tests {
         for body in [
             format!("{visible}\n\n<!-- ### Resource\n\nhooks/b -->"),
             format!("<!--\n### Resource\n\nhooks/b\n\n-->\n{visible}"),
-            format!("### Resource\n\n<!-- hooks/b -->hooks/a\n\n### Duration\n\n2h"),
+            "### Resource\n\n<!-- hooks/b -->hooks/a\n\n### Duration\n\n2h".to_string(),
             format!("{visible}\n\n```\n### Resource\n\nhooks/b\n```"),
             format!("{visible}\n\n~~~~ text\n### Resource\nhooks/b\n~~~~~"),
             format!("{visible}\n\n```\n### Resource\n\nhooks/b"),
-            format!("### Resource\n\n    hooks/b\n\nhooks/a\n\n### Duration\n\n2h"),
-            format!("### Resource\n\n\thooks/b\n\nhooks/a\n\n### Duration\n\n2h"),
-            format!("### Resource\r\rhooks/a\r\r### Duration\r\r2h\r\r<!--\r### Resource\rhooks/b\r-->"),
+            "### Resource\n\n    hooks/b\n\nhooks/a\n\n### Duration\n\n2h".to_string(),
+            "### Resource\n\n\thooks/b\n\nhooks/a\n\n### Duration\n\n2h".to_string(),
+            "### Resource\r\rhooks/a\r\r### Duration\r\r2h\r\r<!--\r### Resource\rhooks/b\r-->"
+                .to_string(),
             format!("{visible}\n\n### Justification\n\n<!--> visible\n\n"),
         ] {
             let r = read(&body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
@@ -773,7 +780,8 @@ mod tests {
             "###\tResource ###",
             "  ### RESOURCE",
         ] {
-            let body = format!("### Resource\n\nhooks/a\n\n{second}\n\nhooks/b\n\n### Duration\n\n2h");
+            let body =
+                format!("### Resource\n\nhooks/a\n\n{second}\n\nhooks/b\n\n### Duration\n\n2h");
             let e = read(&body).unwrap_err();
             assert!(e.contains("more than one"), "{second:?}: {e}");
             let alone = format!("{second}\n\nhooks/b\n\n### Duration\n\n2h");
@@ -803,22 +811,30 @@ mod tests {
         assert_eq!(read(body).unwrap().resource, "hooks/a");
         // Not a heading at all, but it reads like one.
         let e = read("### Resource\n\nhooks/a\n###Duration\n\n2h").unwrap_err();
-        assert!(e.contains("reads like the form label `### Duration`"), "{e}");
+        assert!(
+            e.contains("reads like the form label `### Duration`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn dates_out_of_range_are_refused() {
-        for start in ["1969-12-31T23:59:59Z", "0000-01-01T00:00:00Z", "1900-01-01T00:00:00+00:00"] {
-            let body = format!("### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n{start}");
+        for start in [
+            "1969-12-31T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+            "1900-01-01T00:00:00+00:00",
+        ] {
+            let body =
+                format!("### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n{start}");
             let e = read(&body).unwrap_err();
             assert!(e.contains("1970 through 9999"), "{start}: {e}");
         }
-        let body = "### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n9999-12-31T23:00:00Z";
+        let body =
+            "### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n9999-12-31T23:00:00Z";
         assert!(read(body).is_ok());
         let mut v = payload("opened", FORM, &[]);
         v["issue"]["updated_at"] = json!("1969-12-31T23:59:59Z");
         let e = parse(&cfg(), "issues", v.to_string().as_bytes()).unwrap_err();
         assert!(e.to_string().contains("1970 through 9999"), "{e}");
     }
-
 }

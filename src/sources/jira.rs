@@ -611,10 +611,15 @@ mod tests {
 
     #[test]
     fn a_move_closes_the_old_key() {
-        let mut v = payload("jira:issue_updated", "Approved", "indeterminate", json!({"items": [
-            {"field": "project", "fieldtype": "jira", "fieldId": "project", "from": "10000", "fromString": "Operations", "to": "10001", "toString": "Security"},
-            {"field": "Key", "fieldtype": "jira", "from": null, "fromString": "OPS-7", "to": null, "toString": "SEC-3"},
-        ]}));
+        let mut v = payload(
+            "jira:issue_updated",
+            "Approved",
+            "indeterminate",
+            json!({"items": [
+                {"field": "project", "fieldtype": "jira", "fieldId": "project", "from": "10000", "fromString": "Operations", "to": "10001", "toString": "Security"},
+                {"field": "Key", "fieldtype": "jira", "from": null, "fromString": "OPS-7", "to": null, "toString": "SEC-3"},
+            ]}),
+        );
         v["issue"]["key"] = json!("SEC-3");
         v["issue"]["fields"]["project"]["key"] = json!("SEC");
         let ev = event(&v);
@@ -633,23 +638,31 @@ mod tests {
         // Moved in from a project warrant does not watch: a new ticket.
         v["changelog"]["items"][1]["fromString"] = json!("HR-2");
         let ev = event(&v);
-        assert_eq!((ev.key.as_str(), ev.status), ("jira:OPS-9", TicketStatus::Open));
+        assert_eq!(
+            (ev.key.as_str(), ev.status),
+            ("jira:OPS-9", TicketStatus::Open)
+        );
     }
 
     #[test]
     fn times_out_of_range() {
         let mut v = payload("jira:issue_updated", "Open", "new", Value::Null);
         v["timestamp"] = json!(-1);
-        let e = parse(&cfg(), v.to_string().as_bytes()).unwrap_err().to_string();
+        let e = parse(&cfg(), v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1970 through 9999"), "{e}");
         v["timestamp"] = json!(253_402_300_800_000_i64);
         assert!(parse(&cfg(), v.to_string().as_bytes()).is_err());
         let mut v = payload("jira:issue_created", "Open", "new", Value::Null);
-        for bad in ["+10000-01-01T00:00:00.000+0000", "1969-12-31", "-0001-01-01T00:00:00.000+0000"] {
+        for bad in [
+            "+10000-01-01T00:00:00.000+0000",
+            "1969-12-31",
+            "-0001-01-01T00:00:00.000+0000",
+        ] {
             v["issue"]["fields"]["customfield_10101"] = json!(bad);
             let e = event(&v).request.unwrap_err();
             assert!(e.contains("1970 through 9999"), "{bad}: {e}");
         }
     }
-
 }

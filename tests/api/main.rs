@@ -10,6 +10,7 @@ mod audit;
 mod backlinks;
 mod ci;
 mod health;
+mod hostile;
 mod lifecycle;
 mod people;
 mod webhooks;
