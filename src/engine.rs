@@ -374,12 +374,16 @@ fn fold(
     );
     // A sender's clock ahead of ours by more than the webhook tolerance
     // would pin the ticket: every genuine later event would look older.
-    // Such a time counts as the time warrant received it.
+    // Such a time counts as the time warrant received it, and so does a
+    // stored one that got in before this rule did.
+    use crate::ticket::ApprovalSignal::{Given, Stated};
     let limit = now
         .checked_add_signed(config.server.timestamp_tolerance.0)
         .unwrap_or(now);
+    let approval_ahead =
+        matches!(&ev.approval, Given { at, .. } | Stated { at, .. } if *at > limit);
     let mut clamped;
-    let ev = if ev.updated_at > limit {
+    let ev = if ev.updated_at > limit || approval_ahead {
         events.push(
             NewEvent::new(
                 "ticket.clock_ahead",
@@ -393,11 +397,13 @@ fn fold(
             .ticket(key.as_str()),
         );
         clamped = ev.clone();
-        clamped.updated_at = now;
-        if let crate::ticket::ApprovalSignal::Given { at, .. }
-        | crate::ticket::ApprovalSignal::Stated { at, .. } = &mut clamped.approval
-        {
-            *at = (*at).min(now);
+        if clamped.updated_at > limit {
+            clamped.updated_at = now;
+        }
+        if let Given { at, .. } | Stated { at, .. } = &mut clamped.approval {
+            if *at > limit {
+                *at = now;
+            }
         }
         &clamped
     } else {
@@ -405,7 +411,12 @@ fn fold(
     };
     let prev = t.rows.get(&k);
     if let Some(row) = prev {
-        if to_micros(ev.updated_at) < row.source_updated_at {
+        let stored = if row.source_updated_at > to_micros(limit) {
+            to_micros(now)
+        } else {
+            row.source_updated_at
+        };
+        if to_micros(ev.updated_at) < stored {
             events.push(
                 NewEvent::new(
                     "ticket.stale",

@@ -801,6 +801,26 @@ async fn a_clock_ahead_cannot_pin_a_ticket(backend: Backend) {
         .await;
     revoked_closed(&app, "servicenow:CHG0030001", &id).await;
 
+    // A ticket pinned before this rule (stored "in 2031") is not stuck.
+    let (mut issue, id) = grant_github(&app, 44).await;
+    let key = "github:acme/access-requests#44";
+    exec(
+        &app,
+        &format!(
+            "UPDATE tickets SET source_updated_at = {} WHERE key = '{key}'",
+            ahead().timestamp_micros()
+        ),
+    );
+    issue.state = "closed";
+    issue.updated_at = app.clock_now() + Duration::seconds(1);
+    app.post_github(
+        "issues",
+        "gh-close-44",
+        &payloads::github("closed", &issue, "dave-gh", None),
+    )
+    .await;
+    revoked_closed(&app, key, &id).await;
+
     // A time within the tolerance is kept as sent.
     let mut issue = Issue::new(43, t0() + Duration::seconds(200));
     issue.labels = vec!["access-approved"];
@@ -815,6 +835,22 @@ async fn a_clock_ahead_cannot_pin_a_ticket(backend: Backend) {
         !events.iter().any(|e| e["type"] == "ticket.clock_ahead"),
         "{events:?}"
     );
+}
+
+fn exec(app: &TestApp, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    match app.backend {
+        Backend::Sqlite => {
+            let path = app.db.url.trim_start_matches("sqlite://");
+            let mut c = diesel::sqlite::SqliteConnection::establish(path).unwrap();
+            c.batch_execute(sql).unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = diesel::pg::PgConnection::establish(&app.db.url).unwrap();
+            c.batch_execute(sql).unwrap();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------
