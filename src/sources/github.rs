@@ -837,4 +837,54 @@ mod tests {
         let e = parse(&cfg(), "issues", v.to_string().as_bytes()).unwrap_err();
         assert!(e.to_string().contains("1970 through 9999"), "{e}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever is hidden where and however, the hidden resource is
+        /// never read: the answer is the shown one or a refusal.
+        #[test]
+        fn hidden_resource_is_never_read(
+            hide in proptest::sample::select(vec![
+                "<!--\n{h}\n-->",
+                "<!-- {h} -->",
+                "```\n{h}\n```",
+                "~~~\n{h}\n~~~",
+                "````md\n{h}\n```\n````",
+                "```\n{h}",
+                "<!--\n{h}",
+                "    {h}",
+                "\t{h}",
+            ]),
+            heading in proptest::sample::select(vec![
+                "### Resource", "### Reso\u{200b}urce", "## Resource", "###Resource",
+                "＃＃＃ Resource", "### resource", "Resource", "### Ｒｅｓｏｕｒｃｅ",
+            ]),
+            at in 0usize..4,
+            crlf in proptest::bool::ANY,
+            noise in "[ -~\n]{0,40}",
+        ) {
+            let hidden = hide.replace("{h}", &format!("{heading}\n\nhooks/b"));
+            let mut parts = vec![
+                "### Resource\n\nhooks/a".to_string(),
+                "### Duration\n\n2h".to_string(),
+                format!("### Justification\n\n{noise}"),
+            ];
+            parts.insert(at.min(parts.len()), hidden);
+            let mut body = parts.join("\n\n");
+            if crlf {
+                body = body.replace('\n', "\r\n");
+            }
+            match read(&body) {
+                Ok(r) => proptest::prop_assert_eq!(r.resource, "hooks/a", "{:?}", body),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
+
+        #[test]
+        fn any_body_reads_without_panic(body in "(###? ?|<!--|-->|```|~~~|    |\t|\r|\n|&#[0-9]{1,8};|[a-zA-Z/ ]{0,6}|\u{200b}|＃){0,40}") {
+            let _ = form::sections(&body);
+            let _ = read(&body);
+        }
+    }
 }

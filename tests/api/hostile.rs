@@ -482,6 +482,11 @@ async fn with_backlinks(backend: Backend, api: &Receiver) -> Option<TestApp> {
             "approval_label = \"access-approved\"",
             &format!("approval_label = \"access-approved\"\napi_url = \"{base}\"\ntoken_env = \"GH_TOKEN\""),
         )
+        .replace(
+            "closed_statuses = [\"Rejected\", \"Cancelled\"]",
+            &format!("closed_statuses = [\"Rejected\", \"Cancelled\"]\napi_url = \"{base}\"\ntoken_env = \"JIRA_TOKEN\""),
+        )
+        .replace("secret_env = \"SN\"", &format!("secret_env = \"SN\"\napi_url = \"{base}\"\ntoken_env = \"SN_TOKEN\""))
     })
     .await
 }
@@ -586,6 +591,77 @@ async fn the_form_grants_what_github_shows(backend: Backend) {
             .contains("this request cannot be read")),
         "{notes:?}"
     );
+}
+
+async fn jira_and_servicenow_requests_are_read_back(backend: Backend) {
+    let api = Receiver::start().await;
+    api.reply_json(r#"{"result": [{"sys_id": "c286d61347c12200e0ef563dbb9a7109"}]}"#);
+    let Some(app) = with_backlinks(backend, &api).await else {
+        return;
+    };
+    let issue = JiraIssue::new("OPS-7");
+    app.post_jira(
+        "created",
+        &payloads::jira(
+            "jira:issue_created",
+            &issue,
+            "5b10ac8d82e05b22cc7d4ef5",
+            t0(),
+            None,
+        ),
+    )
+    .await;
+    app.run_jobs().await;
+    let calls = api.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].path, "/rest/api/2/issue/OPS-7/comment");
+    let text = calls[0].body["body"].as_str().unwrap();
+    for part in [
+        "warrant reads this request",
+        "`5b10ac8d82e05b22cc7d4ef5`",
+        "`hooks/billing`",
+        "for 1h",
+    ] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    // The same request again (a comment, a title edit) is not read back twice.
+    let mut body = payloads::jira(
+        "jira:issue_updated",
+        &issue,
+        "5b10ac8d82e05b22cc7d4ef5",
+        t0() + Duration::seconds(1),
+        None,
+    );
+    body["issue"]["fields"]["summary"] = json!("a new title");
+    app.post_jira("retitled", &body).await;
+    app.run_jobs().await;
+    assert_eq!(api.calls().len(), 1);
+
+    let change = Change {
+        number: "CHG0030002",
+        state: json!("-4"),
+        approval: "requested",
+        approved_by: json!([]),
+        assigned_to: "dave.jones",
+        resource: "hooks/billing",
+        start: t0(),
+        end: t0() + Duration::hours(1),
+        updated: t0(),
+    };
+    app.post_servicenow("sn", &payloads::servicenow(&change))
+        .await;
+    app.run_jobs().await;
+    let calls = api.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(calls[2].method, "PATCH");
+    let note = calls[2].body["work_notes"].as_str().unwrap();
+    for part in [
+        "`dave.jones`",
+        "`hooks/billing`",
+        "from 2026-11-25T10:00:00Z until 2026-11-25T11:00:00Z",
+    ] {
+        assert!(note.contains(part), "{part} in {note}");
+    }
 }
 
 async fn look_alike_headings_are_invalid(backend: Backend) {
@@ -1026,6 +1102,7 @@ async fn a_dropped_repository_or_project_is_closed_at_reconcile(backend: Backend
 backend_tests!(
     edge_values_are_denials,
     the_form_grants_what_github_shows,
+    jira_and_servicenow_requests_are_read_back,
     look_alike_headings_are_invalid,
     only_configured_fields_are_read,
     a_clock_ahead_cannot_pin_a_ticket,
