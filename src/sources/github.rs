@@ -1,6 +1,7 @@
 //! GitHub `issues` webhooks: which deliveries count, the ticket key
 //! `github:OWNER/REPO#N`, the request written in the issue form's sections
-//! (`### Resource`, `### Duration`, `### Start`), and approval by label.
+//! (`### Resource`, `### Duration`, `### Start`), read as GitHub shows them
+//! to the approver (see `form`), and approval by label.
 
 use serde_json::{Map, Value};
 

@@ -1,7 +1,8 @@
 //! Jira Cloud issue webhooks (`jira:issue_created|updated|deleted`): which
 //! deliveries count, the ticket key `jira:KEY-N`, status and approval from the
 //! workflow status and the event's changelog, and the request read from the
-//! fields named in `[sources.jira.fields]`. Identities are always
+//! fields named in `[sources.jira.fields]` (no other field). A move or a
+//! re-key closes the issue under its old key. Identities are always
 //! `accountId`s, never display names or e-mail addresses, which people can
 //! change or share.
 
@@ -654,6 +655,10 @@ mod tests {
         assert!(e.contains("1970 through 9999"), "{e}");
         v["timestamp"] = json!(253_402_300_800_000_i64);
         assert!(parse(&cfg(), v.to_string().as_bytes()).is_err());
+        for n in [json!(1.5e12), json!(u64::MAX)] {
+            v["timestamp"] = n;
+            assert!(parse(&cfg(), v.to_string().as_bytes()).is_err());
+        }
         let mut v = payload("jira:issue_created", "Open", "new", Value::Null);
         for bad in [
             "+10000-01-01T00:00:00.000+0000",

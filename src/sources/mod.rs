@@ -1,8 +1,9 @@
 //! Turns the webhook bodies of the three ticket sources into `TicketEvent`s.
 //! Each parser owns its source's payload shape; this module owns what they
 //! share: the outcome type, the error type, JSON access that never panics,
-//! date parsing, and the checks that turn written request fields into a
-//! `Request` or a short explanation of what is wrong with them.
+//! date parsing (only years 1970 through 9999 are read, so nothing later can
+//! overflow on a date from outside), and the checks that turn written request
+//! fields into a `Request` or a short explanation of what is wrong with them.
 //!
 //! Signatures are checked before any of this runs (see `signature`): the
 //! parsers trust that the body is authentic, not that it is well formed.
@@ -247,10 +248,14 @@ pub(crate) fn parse_servicenow_datetime(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Epoch milliseconds as a number or a string of digits: `None` when it is
-/// not one, `Some(None)` when it is one outside the allowed years.
+/// not one, `Some(None)` when it is one outside the allowed years (any JSON
+/// number that is not a whole i64, too).
 pub(crate) fn epoch_millis(v: &Value) -> Option<Option<DateTime<Utc>>> {
     let ms: i64 = match v {
-        Value::Number(n) => n.as_i64()?,
+        Value::Number(n) => match n.as_i64() {
+            Some(ms) => ms,
+            None => return Some(None),
+        },
         Value::String(s) => s.trim().parse().ok()?,
         _ => return None,
     };
