@@ -249,6 +249,23 @@ async fn hostile_then_good(
         status == 200 || status == 400,
         "field {field} = {v}: {status} {text}"
     );
+    let key = match src {
+        Src::Github => format!("github:acme/access-requests#{}", 10_000 + n),
+        Src::Jira => format!("jira:OPS-{}", 10_000 + n),
+        Src::Servicenow => format!("servicenow:CHG{}", 10_000 + n),
+    };
+    let q = percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC);
+    let (found, _) = app
+        .get_json(&format!("/v1/tickets/{q}"), AUDITOR_TOKEN)
+        .await;
+    // A refused delivery changes nothing; an accepted one is recorded.
+    prop_assert_eq!(
+        found,
+        if status == 400 { 404 } else { 200 },
+        "{}: {}",
+        key,
+        text
+    );
 
     // The next good delivery is accepted.
     let m = SEQ.fetch_add(1, Ordering::Relaxed);
