@@ -13,6 +13,7 @@ use crate::db::{Conn, StoreError};
 use crate::domain::{from_micros, rfc3339, Source, TicketKey};
 use crate::grants::GrantRow;
 use crate::jobs;
+use crate::ticket::Snapshot;
 
 pub const KIND: &str = "backlink";
 
@@ -79,6 +80,32 @@ pub fn revoked(g: &GrantRow, reason: &str) -> String {
         rfc3339(from_micros(g.starts_at)),
         rfc3339(from_micros(g.expires_at)),
         reason
+    )
+}
+
+/// What warrant read from a new or edited request, so that whoever
+/// approves it approves exactly that.
+pub fn read_back(snap: &Snapshot) -> String {
+    let Some(r) = &snap.request else {
+        return format!(
+            "warrant: this request cannot be read, so it will not be granted as it stands: {}.",
+            snap.request_error
+                .as_deref()
+                .unwrap_or("it asks for nothing")
+        );
+    };
+    let window = match (r.start, r.end, r.duration.as_deref()) {
+        (Some(s), Some(e), _) => format!("from {} until {}", rfc3339(s), rfc3339(e)),
+        (Some(s), None, Some(d)) => format!("from {} for {d}", rfc3339(s)),
+        (Some(s), None, None) => format!("from {} for the policy's default duration", rfc3339(s)),
+        (None, Some(e), _) => format!("from approval until {}", rfc3339(e)),
+        (None, None, Some(d)) => format!("for {d} from approval"),
+        (None, None, None) => "for the policy's default duration from approval".to_string(),
+    };
+    format!(
+        "warrant reads this request as: subject `{}`, resource `{}`, window {window}. \
+         Approve it only if that is what you mean; any later change of these needs a new approval.",
+        r.subject, r.resource
     )
 }
 

@@ -92,6 +92,10 @@ pub struct NewDecision {
 /// once at the end.
 #[derive(Default)]
 struct Tickets {
+    /// A stored updated-at above this (the earliest of the batch's
+    /// receive times plus the tolerance) was pinned by a sender's clock
+    /// before that was refused, and may be replaced by an older time.
+    heal_above: i64,
     rows: HashMap<String, TicketRow>,
     dirty: Vec<String>,
     decisions: Vec<NewDecision>,
@@ -193,7 +197,15 @@ pub fn ingest_batch(
             _ => None,
         })
         .collect();
-    let mut t = Tickets::default();
+    let mut t = Tickets {
+        heal_above: items
+            .iter()
+            .filter_map(|(now, _)| now.checked_add_signed(config.server.timestamp_tolerance.0))
+            .map(to_micros)
+            .min()
+            .unwrap_or(i64::MAX),
+        ..Tickets::default()
+    };
     if !keys.is_empty() {
         // Read, decide and write under the tickets' locks, so another
         // replica folding a delivery of the same ticket waits for this
@@ -376,9 +388,51 @@ fn fold(
         )
         .ticket(key.as_str()),
     );
+    // A sender's clock ahead of ours by more than the webhook tolerance
+    // would pin the ticket: every genuine later event would look older.
+    // Such a time counts as the time warrant received it, and so does a
+    // stored one that got in before this rule did.
+    use crate::ticket::ApprovalSignal::{Given, Stated};
+    let limit = now
+        .checked_add_signed(config.server.timestamp_tolerance.0)
+        .unwrap_or(now);
+    let approval_ahead =
+        matches!(&ev.approval, Given { at, .. } | Stated { at, .. } if *at > limit);
+    let mut clamped;
+    let ev = if ev.updated_at > limit || approval_ahead {
+        events.push(
+            NewEvent::new(
+                "ticket.clock_ahead",
+                "warrant",
+                json!({
+                    "delivery": d.id,
+                    "sent_updated_at": rfc3339(ev.updated_at),
+                    "counted_as": rfc3339(now),
+                }),
+            )
+            .ticket(key.as_str()),
+        );
+        clamped = ev.clone();
+        if clamped.updated_at > limit {
+            clamped.updated_at = now;
+        }
+        if let Given { at, .. } | Stated { at, .. } = &mut clamped.approval {
+            if *at > limit {
+                *at = now;
+            }
+        }
+        &clamped
+    } else {
+        ev
+    };
     let prev = t.rows.get(&k);
     if let Some(row) = prev {
-        if to_micros(ev.updated_at) < row.source_updated_at {
+        let stored = if row.source_updated_at > to_micros(limit) {
+            to_micros(now)
+        } else {
+            row.source_updated_at
+        };
+        if to_micros(ev.updated_at) < stored {
             events.push(
                 NewEvent::new(
                     "ticket.stale",
@@ -393,6 +447,18 @@ fn fold(
     let prev_snap = prev.and_then(|r| serde_json::from_str::<Snapshot>(&r.snapshot).ok());
     let stored_decision = prev.and_then(|r| r.decision.clone());
     let snap = merge(prev_snap.as_ref(), ev.clone());
+    // A new or edited request is read back on the ticket before anyone
+    // approves it; one that this very event approves gets the grant's note.
+    let unapproved = snap
+        .approval
+        .as_ref()
+        .is_none_or(|a| a.fingerprint != snap.request_fingerprint());
+    let reread = prev_snap
+        .as_ref()
+        .is_none_or(|p| p.request_fingerprint() != snap.request_fingerprint());
+    if snap.status == crate::ticket::TicketStatus::Open && unapproved && reread {
+        crate::backlinks::enqueue(conn, config, now, &k, &crate::backlinks::read_back(&snap))?;
+    }
     if prev_snap.as_ref() != Some(&snap) {
         let json = serde_json::to_string(&snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let at = to_micros(now);
@@ -581,7 +647,8 @@ fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), Store
          ON CONFLICT (key) DO UPDATE SET snapshot = excluded.snapshot, \
            source_updated_at = excluded.source_updated_at, decision = excluded.decision, \
            updated_at = excluded.updated_at \
-         WHERE tickets.source_updated_at <= excluded.source_updated_at",
+         WHERE tickets.source_updated_at <= excluded.source_updated_at \
+           OR tickets.source_updated_at > $32",
     )
     .bind::<Array<Text>, _>(col(g, |r| r.id.clone()))
     .bind::<Array<Text>, _>(col(g, |r| r.ticket.clone()))
@@ -614,6 +681,7 @@ fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), Store
     .bind::<Array<Nullable<Text>>, _>(col(&tickets, |r| r.decision.clone()))
     .bind::<Array<BigInt>, _>(col(&tickets, |r| r.created_at))
     .bind::<Array<BigInt>, _>(col(&tickets, |r| r.updated_at))
+    .bind::<BigInt, _>(t.heal_above)
     .execute(c)?;
     Ok(())
 }

@@ -59,14 +59,30 @@ impl Decision {
 }
 
 fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
-    Decision::Deny {
-        reason,
-        detail: detail.into(),
-    }
+    let (reason, detail) = denial(reason, detail);
+    Decision::Deny { reason, detail }
 }
 
+/// A denial's detail quotes what a ticket says (a status name, an approver),
+/// so control characters are written out: a NUL byte, which PostgreSQL's
+/// text refuses, must not keep a denial from being recorded.
 fn denial(reason: DenyReason, detail: impl Into<String>) -> (DenyReason, String) {
-    (reason, detail.into())
+    let detail: String = detail.into();
+    let detail = if detail.chars().any(char::is_control) {
+        detail
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        detail
+    };
+    (reason, detail)
 }
 
 /// Does `policy` apply to a ticket from `source` (with its project)?
@@ -130,6 +146,9 @@ pub fn approved_request<'s, 'c>(
             ))
         }
     }
+    if let Some(why) = unwatched(snap, config) {
+        return Err(denial(DenyReason::TicketClosed, why));
+    }
     if !snap.approved {
         return Err(denial(
             DenyReason::NotApproved,
@@ -182,6 +201,31 @@ pub fn approved_request<'s, 'c>(
         duration,
         approvers,
     })
+}
+
+/// Why warrant no longer watches the ticket's source or project, if it does
+/// not: the source was removed from `[sources]`, or the repository or Jira
+/// project from its list. Such a ticket is closed for warrant, under the key
+/// it had, so `reconcile` revokes what it warranted.
+fn unwatched(snap: &Snapshot, config: &Config) -> Option<String> {
+    let configured = match snap.source {
+        Source::Github => config.sources.github.is_some(),
+        Source::Jira => config.sources.jira.is_some(),
+        Source::Servicenow => config.sources.servicenow.is_some(),
+    };
+    if !configured {
+        Some(format!(
+            "no longer watched: the {} source is not configured",
+            snap.source
+        ))
+    } else if !config.watches(snap.source, &snap.project) {
+        Some(format!(
+            "no longer watched: {} is not listed in the configuration",
+            scope(snap.source, &snap.project)
+        ))
+    } else {
+        None
+    }
 }
 
 /// What the snapshot warrants at `now`.
@@ -314,14 +358,23 @@ pub fn window_under<'a>(
     // yields the same window instead of sliding it forward. A source clock
     // running ahead of ours must not push the start into the future.
     let start = start.unwrap_or(approved_at.min(now));
-    let end = match (end, duration) {
-        (Some(end), _) => end,
-        (None, Some(d)) => start + d,
-        (None, None) => {
-            start
-                + policy
+    // Sources read only years 1970 through 9999, but a stored snapshot or a
+    // configured duration is not proof against overflow: out of chrono's
+    // range is a denial, never a panic.
+    let end = match end {
+        Some(end) => end,
+        None => {
+            let length = duration.unwrap_or_else(|| {
+                policy
                     .default_duration
                     .map_or(policy.max_duration.0.min(Duration::hours(1)), |d| d.0)
+            });
+            start.checked_add_signed(length).ok_or_else(|| {
+                denial(
+                    DenyReason::InvalidRequest,
+                    "the window's end is out of range",
+                )
+            })?
         }
     };
     if end <= start {
@@ -330,13 +383,23 @@ pub fn window_under<'a>(
             "the window ends before it starts",
         ));
     }
+    if crate::sources::in_range(end).is_none() {
+        return Err(denial(
+            DenyReason::InvalidRequest,
+            format!(
+                "the window would end at {}, outside the years 1970 through 9999",
+                crate::domain::rfc3339(end)
+            ),
+        ));
+    }
     if now >= end {
         return Err(denial(
             DenyReason::WindowOver,
             format!("the window ended at {}", crate::domain::rfc3339(end)),
         ));
     }
-    let span = end - start.max(now);
+    // Two times in chrono's range are never further apart than a TimeDelta holds.
+    let span = end.signed_duration_since(start.max(now));
     if span > policy.max_duration.0 {
         return Err(denial(
             DenyReason::DurationExceedsPolicy,
@@ -368,6 +431,9 @@ mod tests {
     use chrono::TimeZone;
 
     const CONFIG: &str = r#"
+[sources.github]
+secret_env = "GH"
+repositories = ["acme/req"]
 [[identities]]
 principal = "dave"
 github = "dave-gh"
@@ -396,7 +462,12 @@ kind = "token"
 "#;
 
     fn config() -> Config {
-        Config::from_toml(CONFIG, &|k| (k == "DB").then(|| "postgres://x".to_string())).unwrap()
+        Config::from_toml(CONFIG, &|k| match k {
+            "DB" => Some("postgres://x".to_string()),
+            "GH" => Some("gh-secret".to_string()),
+            _ => None,
+        })
+        .unwrap()
     }
 
     fn t(h: u32, m: u32) -> DateTime<Utc> {
@@ -618,5 +689,77 @@ kind = "token"
             "re-deciding keeps the approval's identity"
         );
         assert_eq!(w.expires_at, w2.expires_at);
+    }
+
+    #[test]
+    fn window_arithmetic_never_overflows() {
+        let last = DateTime::<Utc>::MAX_UTC;
+        let c = Case {
+            start: Some(last - Duration::minutes(1)),
+            duration: Some("2h"),
+            now: last - Duration::hours(1),
+            ..base("a start at the end of time")
+        };
+        assert_eq!(run(&c).reason(), Some(DenyReason::InvalidRequest));
+        let c = Case {
+            start: Some(DateTime::<Utc>::MIN_UTC),
+            end: Some(last),
+            ..base("the widest window")
+        };
+        assert_eq!(run(&c).reason(), Some(DenyReason::InvalidRequest));
+        let c = Case {
+            start: Some(Utc.with_ymd_and_hms(9999, 12, 31, 23, 0, 0).unwrap()),
+            duration: Some("2h"),
+            ..base("an end past year 9999")
+        };
+        assert_eq!(run(&c).reason(), Some(DenyReason::InvalidRequest));
+        let c = Case {
+            start: Some(Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap()),
+            end: Some(Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap()),
+            ..base("the widest window in range")
+        };
+        assert_eq!(run(&c).reason(), Some(DenyReason::DurationExceedsPolicy));
+    }
+
+    #[test]
+    fn a_ticket_warrant_no_longer_watches_is_closed() {
+        let c = base("watched");
+        let ev = TicketEvent {
+            key: TicketKey::github("acme/gone", 1),
+            source: Source::Github,
+            project: "acme/gone".into(),
+            status: TicketStatus::Open,
+            source_status: "open".into(),
+            title: "t".into(),
+            updated_at: t(10, 0),
+            request: Ok(Request {
+                subject: c.subject.into(),
+                resource: c.resource.into(),
+                start: None,
+                end: None,
+                duration: Some("2h".into()),
+                justification: "t".into(),
+            }),
+            approval: ApprovalSignal::Given {
+                by: vec![c.approver.into()],
+                at: t(10, 0),
+            },
+        };
+        let snap = merge(None, ev.clone());
+        let d = decide(&snap, &config(), t(10, 0));
+        assert_eq!(d.reason(), Some(DenyReason::TicketClosed));
+        assert!(d.detail().contains("acme/gone"), "{}", d.detail());
+        let jira = merge(
+            None,
+            TicketEvent {
+                key: TicketKey::jira("OPS-1"),
+                source: Source::Jira,
+                project: "OPS".into(),
+                ..ev
+            },
+        );
+        let d = decide(&jira, &config(), t(10, 0));
+        assert_eq!(d.reason(), Some(DenyReason::TicketClosed));
+        assert!(d.detail().contains("jira source"), "{}", d.detail());
     }
 }

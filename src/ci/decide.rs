@@ -380,7 +380,10 @@ pub fn decide(
         .duration
         .unwrap_or(ask.max_duration)
         .min(ask.max_duration);
-    let expires_at = (now + span).min(allowed.end);
+    // A sum past chrono's range is later than any window's end.
+    let expires_at = now
+        .checked_add_signed(span)
+        .map_or(allowed.end, |t| t.min(allowed.end));
     Ok(CiGrant {
         subject: ask.principal.to_string(),
         account: config.account_on(ask.principal, ask.resource.provider()),
@@ -419,6 +422,9 @@ mod tests {
     use serde_json::json;
 
     const CONFIG: &str = r#"
+[sources.github]
+secret_env = "GH"
+repositories = ["acme/req"]
 [[identities]]
 principal = "dave"
 github = "dave-gh"
@@ -486,7 +492,7 @@ max_duration = "20m"
 "#;
 
     fn config() -> Config {
-        Config::from_toml(CONFIG, &|_| None).unwrap()
+        Config::from_toml(CONFIG, &|k| (k == "GH").then(|| "gh-secret".to_string())).unwrap()
     }
 
     fn t(h: u32, m: u32) -> DateTime<Utc> {

@@ -1,12 +1,13 @@
 //! GitHub `issues` webhooks: which deliveries count, the ticket key
 //! `github:OWNER/REPO#N`, the request written in the issue form's sections
-//! (`### Resource`, `### Duration`, `### Start`), and approval by label.
+//! (`### Resource`, `### Duration`, `### Start`), read as GitHub shows them
+//! to the approver (see `form`), and approval by label.
 
 use serde_json::{Map, Value};
 
 use super::{
     ignored, need_object, need_str, parse_object, parse_rfc3339, quote, same_name, ticket_key,
-    Draft, Parsed, SourceError,
+    Draft, Parsed, SourceError, YEARS,
 };
 use crate::config::GithubSource;
 use crate::domain::Source;
@@ -56,7 +57,7 @@ pub fn parse(cfg: &GithubSource, event: &str, body: &[u8]) -> Result<Parsed, Sou
     let updated_text = need_str(issue, &["updated_at"], WHAT)?;
     let updated_at = parse_rfc3339(updated_text).ok_or_else(|| {
         SourceError::Malformed(format!(
-            "{WHAT}: `issue.updated_at` `{}` is not an RFC 3339 time",
+            "{WHAT}: `issue.updated_at` `{}` is not an RFC 3339 time in the {YEARS}",
             quote(updated_text)
         ))
     })?;
@@ -138,7 +139,7 @@ fn read_request(
     let Some(body) = body.filter(|b| !b.trim().is_empty()) else {
         return Err("the issue body is empty: open the issue from the access request form".into());
     };
-    let sections = sections(body);
+    let sections = form::sections(body)?;
     let resource = match section(&sections, "Resource")? {
         Some(r) => Ok(r.to_string()),
         None => Err("the issue form has no `### Resource` answer".to_string()),
@@ -147,7 +148,7 @@ fn read_request(
     let start = section(&sections, "Start").and_then(|s| match s {
         Some(s) => parse_rfc3339(s).map(Some).ok_or_else(|| {
             format!(
-                "`### Start` `{}` is not an RFC 3339 time (write 2026-11-25T10:00:00Z)",
+                "`### Start` `{}` is not an RFC 3339 time in the {YEARS} (write 2026-11-25T10:00:00Z)",
                 quote(s)
             )
         }),
@@ -164,31 +165,10 @@ fn read_request(
     .into_request()
 }
 
-/// The issue form's `### Heading` sections, in order, with their trimmed text.
-fn sections(body: &str) -> Vec<(&str, String)> {
-    let mut out: Vec<(&str, String)> = Vec::new();
-    let mut current: Option<(&str, Vec<&str>)> = None;
-    // `lines` also strips the `\r` of `\r\n`, which edits made in the browser leave.
-    for line in body.lines() {
-        if let Some(heading) = line.strip_prefix("### ") {
-            if let Some((name, text)) = current.take() {
-                out.push((name, text.join("\n").trim().to_string()));
-            }
-            current = Some((heading.trim(), Vec::new()));
-        } else if let Some((_, text)) = current.as_mut() {
-            text.push(line);
-        }
-    }
-    if let Some((name, text)) = current {
-        out.push((name, text.join("\n").trim().to_string()));
-    }
-    out
-}
-
 /// The answer under one heading: `None` when absent or left empty. Two
 /// sections of one name are refused, because the approver may have read the
 /// other one.
-fn section<'a>(sections: &'a [(&str, String)], name: &str) -> Result<Option<&'a str>, String> {
+fn section<'a>(sections: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, String> {
     let mut found = sections.iter().filter(|(h, _)| same_name(h, name));
     let first = found.next();
     if found.next().is_some() {
@@ -199,6 +179,373 @@ fn section<'a>(sections: &'a [(&str, String)], name: &str) -> Result<Option<&'a 
     Ok(first
         .map(|(_, text)| text.as_str())
         .filter(|t| !t.is_empty() && *t != NO_RESPONSE))
+}
+
+/// Reads an issue form's body the way GitHub shows it to the approver, so
+/// that nothing the approver cannot see fills a field: HTML comments and
+/// fenced or indented code blocks are dropped, a section starts only at a
+/// `### ` heading, and a heading's text is compared after NFKC with
+/// format and zero-width characters removed. Anything else that reads like
+/// a label (`## Resource`, `**Resource**`, `Reso&#117;rce`, a fullwidth
+/// `＃＃＃`, a heading in a list or quote) makes the request unreadable
+/// rather than guessing which one the approver took for the field.
+///
+/// This is not a Markdown renderer: where it errs, it errs towards hiding
+/// text or refusing the body, never towards reading hidden text.
+mod form {
+    use unicode_normalization::UnicodeNormalization;
+
+    /// The labels whose answers become the request.
+    const LABELS: [&str; 3] = ["Resource", "Duration", "Start"];
+
+    /// The `### Heading` sections, in order: the heading's normalized text
+    /// and the trimmed visible text under it.
+    pub(super) fn sections(body: &str) -> Result<Vec<(String, String)>, String> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut current: Option<(String, Vec<String>)> = None;
+        for line in visible_lines(body) {
+            let heading = atx_heading(&line);
+            let is_label = |text: &str| {
+                let name = normalize(text);
+                LABELS.iter().any(|l| super::same_name(&name, l))
+            };
+            let exact = matches!(heading, Some((3, text)) if is_label(text));
+            if !exact {
+                if let Some(label) = looks_like_label(&line) {
+                    return Err(format!(
+                        "the issue body has a line `{}` that reads like the form label `### {label}` but is not one; edit the issue so that each field appears once, as the form wrote it",
+                        super::quote(line.trim())
+                    ));
+                }
+            }
+            if let Some((_, text)) = heading {
+                // Any heading ends the section before it; only a `### `
+                // one that is a label names a field.
+                if let Some((h, lines)) = current.take() {
+                    out.push((h, lines.join("\n").trim().to_string()));
+                }
+                current = Some((normalize(text), Vec::new()));
+                continue;
+            }
+            if let Some((_, lines)) = current.as_mut() {
+                lines.push(line);
+            }
+        }
+        if let Some((h, lines)) = current {
+            out.push((h, lines.join("\n").trim().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// The body's lines as GitHub shows them: line endings as CommonMark
+    /// reads them (`\r\n`, `\r`, `\n`), HTML comments cut out (also across
+    /// lines), fenced code (```` ``` ```` or `~~~`, up to its closing fence
+    /// or the end) and indented code (four columns, not inside a paragraph)
+    /// dropped. Dropped lines leave a blank line behind.
+    pub(super) fn visible_lines(body: &str) -> Vec<String> {
+        let text = body.replace("\r\n", "\n").replace('\r', "\n");
+        let mut out = Vec::new();
+        let mut fence: Option<(char, usize)> = None;
+        let mut in_comment = false;
+        // Whether the previous line continues a paragraph, which an
+        // indented line then continues too instead of starting code.
+        let mut paragraph = false;
+        for raw in text.split('\n') {
+            if !in_comment {
+                if let Some((c, n)) = fence {
+                    if closes_fence(raw, c, n) {
+                        fence = None;
+                    }
+                    out.push(String::new());
+                    continue;
+                }
+                if raw.trim().is_empty() {
+                    paragraph = false;
+                    out.push(String::new());
+                    continue;
+                }
+                if !paragraph && indent_columns(raw) >= 4 {
+                    out.push(String::new());
+                    continue;
+                }
+                if let Some(open) = opens_fence(raw) {
+                    fence = Some(open);
+                    paragraph = false;
+                    out.push(String::new());
+                    continue;
+                }
+            }
+            let was_in_comment = in_comment;
+            let (visible, had_comment) = strip_comments(raw, &mut in_comment);
+            let shown = visible.trim();
+            // What ends a paragraph: nothing shown, a comment that began
+            // the line (an HTML block), a heading, a thematic break.
+            let html_block =
+                was_in_comment || (had_comment && raw.trim_start().starts_with("<!--"));
+            paragraph = !(shown.is_empty()
+                || html_block
+                || atx_heading(&visible).is_some()
+                || thematic_break(&visible));
+            out.push(visible);
+        }
+        out
+    }
+
+    /// `raw` without its comments; `in_comment` carries an open comment
+    /// to the next line. Also says whether any comment was cut.
+    fn strip_comments(raw: &str, in_comment: &mut bool) -> (String, bool) {
+        let mut visible = String::new();
+        let mut rest = raw;
+        let mut cut = false;
+        loop {
+            if *in_comment {
+                cut = true;
+                match rest.find("-->") {
+                    Some(i) => {
+                        rest = &rest[i + 3..];
+                        *in_comment = false;
+                    }
+                    None => return (visible, cut),
+                }
+            } else {
+                match rest.find("<!--") {
+                    Some(i) => {
+                        visible.push_str(&rest[..i]);
+                        // From the second dash, so `<!-->` ends where it starts.
+                        rest = &rest[i + 2..];
+                        *in_comment = true;
+                    }
+                    None => {
+                        visible.push_str(rest);
+                        return (visible, cut);
+                    }
+                }
+            }
+        }
+    }
+
+    fn indent_columns(line: &str) -> usize {
+        let mut col = 0;
+        for c in line.chars() {
+            match c {
+                ' ' => col += 1,
+                '\t' => col += 4 - col % 4,
+                _ => break,
+            }
+        }
+        col
+    }
+
+    /// Up to three spaces, then the line's first non-space part.
+    fn unindented(line: &str) -> Option<&str> {
+        let spaces = line.len() - line.trim_start_matches(' ').len();
+        (spaces <= 3).then(|| &line[spaces..])
+    }
+
+    /// A fence opener: its character and length.
+    fn opens_fence(line: &str) -> Option<(char, usize)> {
+        let s = unindented(line)?;
+        let c = s.chars().next().filter(|c| *c == '`' || *c == '~')?;
+        let n = s.chars().take_while(|x| *x == c).count();
+        if n < 3 {
+            return None;
+        }
+        // A backtick fence's info string holds no backtick (else it is inline code).
+        if c == '`' && s[n..].contains('`') {
+            return None;
+        }
+        Some((c, n))
+    }
+
+    fn closes_fence(line: &str, c: char, n: usize) -> bool {
+        let Some(s) = unindented(line) else {
+            return false;
+        };
+        let run = s.chars().take_while(|x| *x == c).count();
+        run >= n && s[run * c.len_utf8()..].trim().is_empty()
+    }
+
+    fn thematic_break(line: &str) -> bool {
+        let Some(s) = unindented(line) else {
+            return false;
+        };
+        let marks: Vec<char> = s.chars().filter(|c| !c.is_whitespace()).collect();
+        marks.len() >= 3
+            && ['-', '*', '_'].contains(&marks[0])
+            && marks.iter().all(|c| *c == marks[0])
+    }
+
+    /// An ATX heading: its level and its text without the closing `#`s.
+    pub(super) fn atx_heading(line: &str) -> Option<(usize, &str)> {
+        let s = unindented(line)?;
+        let level = s.chars().take_while(|c| *c == '#').count();
+        if !(1..=6).contains(&level) {
+            return None;
+        }
+        let rest = &s[level..];
+        if !(rest.is_empty() || rest.starts_with(' ') || rest.starts_with('\t')) {
+            return None;
+        }
+        let text = rest.trim();
+        // A closing sequence is `#`s after a blank (or the whole text).
+        let body = text.trim_end_matches('#');
+        let text = if body.is_empty() || body.ends_with(' ') || body.ends_with('\t') {
+            body.trim_end()
+        } else {
+            text
+        };
+        Some((level, text))
+    }
+
+    /// Characters that show as nothing: Unicode's format characters (Cf),
+    /// variation selectors, the combining grapheme joiner and the Hangul
+    /// fillers.
+    pub(super) fn invisible(c: char) -> bool {
+        matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
+                | '\u{E0100}'..='\u{E01EF}'
+        ) || c.is_control()
+    }
+
+    /// A heading's text as it compares with a label: NFKC, invisible
+    /// characters removed, runs of blanks made one space, trimmed.
+    pub(super) fn normalize(text: &str) -> String {
+        let folded: String = text.nfkc().filter(|c| !invisible(*c)).collect();
+        folded.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The label a line reads like, when it is not that label's heading:
+    /// compared on its letters and digits alone, after HTML tags, entities,
+    /// list and quote markers and look-alike letters are set aside.
+    fn looks_like_label(line: &str) -> Option<&'static str> {
+        let loose = loose(line);
+        if loose.is_empty() {
+            return None;
+        }
+        LABELS
+            .into_iter()
+            .find(|label| loose == label.to_lowercase())
+    }
+
+    fn loose(line: &str) -> String {
+        let mut text = String::new();
+        let mut in_tag = false;
+        for c in line.chars() {
+            match (in_tag, c) {
+                (false, '<') => in_tag = true,
+                (true, '>') => in_tag = false,
+                (false, c) => text.push(c),
+                (true, _) => {}
+            }
+        }
+        let text = decode_entities(&text);
+        let text = normalize(&text);
+        // List numbers (`1.`) are not part of what a line says.
+        let text = text.trim_start_matches(|c: char| {
+            c.is_whitespace() || c.is_ascii_digit() || ".)#>-*+".contains(c)
+        });
+        text.chars()
+            .flat_map(char::to_lowercase)
+            .map(latin_lookalike)
+            .filter(|c| c.is_alphanumeric())
+            .collect()
+    }
+
+    /// Numeric character references decoded; named ones dropped.
+    fn decode_entities(text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find('&') {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i + 1..];
+            let end = tail
+                .char_indices()
+                .take(40)
+                .find(|(_, c)| *c == ';')
+                .map(|(j, _)| j);
+            let Some(end) = end else {
+                out.push('&');
+                rest = tail;
+                continue;
+            };
+            let name = &tail[..end];
+            let code = if let Some(hex) = name
+                .strip_prefix(['#'])
+                .and_then(|n| n.strip_prefix(['x', 'X']))
+            {
+                u32::from_str_radix(hex, 16).ok()
+            } else if let Some(dec) = name.strip_prefix('#') {
+                dec.parse::<u32>().ok()
+            } else if name.chars().all(|c| c.is_ascii_alphanumeric()) && !name.is_empty() {
+                None
+            } else {
+                out.push('&');
+                rest = tail;
+                continue;
+            };
+            if let Some(c) = code.and_then(char::from_u32) {
+                out.push(c);
+            }
+            rest = &tail[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Lower-case Cyrillic, Greek and Armenian letters that look like Latin ones.
+    fn latin_lookalike(c: char) -> char {
+        match c {
+            'а' | 'α' => 'a',
+            'в' | 'β' => 'b',
+            'с' | 'ϲ' => 'c',
+            'ԁ' => 'd',
+            'е' | 'ε' | 'ё' => 'e',
+            'һ' | 'н' => 'h',
+            'і' | 'ι' | 'ї' => 'i',
+            'ј' => 'j',
+            'к' | 'κ' => 'k',
+            'м' | 'μ' => 'm',
+            'п' | 'η' | 'ո' => 'n',
+            'о' | 'ο' | 'օ' => 'o',
+            'р' | 'ρ' => 'p',
+            'ԛ' => 'q',
+            'г' => 'r',
+            'ѕ' => 's',
+            'т' | 'τ' => 't',
+            'υ' | 'ս' => 'u',
+            'ν' | 'ѵ' => 'v',
+            'ԝ' | 'ω' => 'w',
+            'х' | 'χ' => 'x',
+            'у' | 'γ' => 'y',
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -383,5 +730,162 @@ mod tests {
         v["repository"]["full_name"] = json!("acme/access-requests");
         v["issue"]["number"] = json!(-1);
         assert!(parse(&cfg(), "issues", v.to_string().as_bytes()).is_err());
+    }
+
+    fn read(body: &str) -> Result<crate::ticket::Request, String> {
+        event(&payload("edited", body, &[])).request
+    }
+
+    #[test]
+    fn hidden_text_never_fills_a_field() {
+        let visible = "### Resource\n\nhooks/a\n\n### Duration\n\n2h";
+        for body in [
+            format!("{visible}\n\n<!-- ### Resource\n\nhooks/b -->"),
+            format!("<!--\n### Resource\n\nhooks/b\n\n-->\n{visible}"),
+            "### Resource\n\n<!-- hooks/b -->hooks/a\n\n### Duration\n\n2h".to_string(),
+            format!("{visible}\n\n```\n### Resource\n\nhooks/b\n```"),
+            format!("{visible}\n\n~~~~ text\n### Resource\nhooks/b\n~~~~~"),
+            format!("{visible}\n\n```\n### Resource\n\nhooks/b"),
+            "### Resource\n\n    hooks/b\n\nhooks/a\n\n### Duration\n\n2h".to_string(),
+            "### Resource\n\n\thooks/b\n\nhooks/a\n\n### Duration\n\n2h".to_string(),
+            "### Resource\r\rhooks/a\r\r### Duration\r\r2h\r\r<!--\r### Resource\rhooks/b\r-->"
+                .to_string(),
+            format!("{visible}\n\n### Justification\n\n<!--> visible\n\n"),
+        ] {
+            let r = read(&body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+            assert_eq!(r.resource, "hooks/a", "{body:?}");
+            assert_eq!(r.duration.as_deref(), Some("2h"), "{body:?}");
+        }
+        // A comment or fence that hides the only answer leaves no answer.
+        for body in [
+            "### Resource\n\n<!-- hooks/b -->\n\n### Duration\n\n2h",
+            "### Resource\n\n```\nhooks/b\n```\n\n### Duration\n\n2h",
+            "### Resource\n\n    hooks/b\n\n### Duration\n\n2h",
+            "### Resource\n\n<!--\n\nhooks/b",
+        ] {
+            let e = read(body).unwrap_err();
+            assert!(e.contains("no `### Resource` answer"), "{body:?}: {e}");
+        }
+        // An indented line that continues a paragraph is text, not code.
+        let e = read("### Resource\n\nhooks/a\n    hooks/b\n\n### Duration\n\n2h").unwrap_err();
+        assert!(e.contains("not a resource"), "{e}");
+    }
+
+    #[test]
+    fn headings_compare_after_normalization() {
+        // What normalises to a label is that label, so a copy is a duplicate.
+        for second in [
+            "### Reso\u{200b}urce",
+            "### \u{feff}Resource",
+            "### Ｒｅｓｏｕｒｃｅ",
+            "###\tResource ###",
+            "  ### RESOURCE",
+        ] {
+            let body =
+                format!("### Resource\n\nhooks/a\n\n{second}\n\nhooks/b\n\n### Duration\n\n2h");
+            let e = read(&body).unwrap_err();
+            assert!(e.contains("more than one"), "{second:?}: {e}");
+            let alone = format!("{second}\n\nhooks/b\n\n### Duration\n\n2h");
+            assert_eq!(read(&alone).unwrap().resource, "hooks/b", "{second:?}");
+        }
+        // What only looks like a label is refused, never read as another field.
+        for second in [
+            "＃＃＃ Resource",
+            "## Resource",
+            "#### Resource",
+            "### **Resource**",
+            "### Reso&#117;rce",
+            "### R&#x65;source",
+            "### Rеsource",
+            "- ### Resource",
+            "> ### Resource",
+            "<h3>Resource</h3>",
+            "Resource",
+            "**Duration**",
+        ] {
+            let body = format!("### Resource\n\nhooks/a\n\n### Justification\n\nwhy\n\n{second}\n\nhooks/b\n\n### Duration\n\n2h");
+            let e = read(&body).unwrap_err();
+            assert!(e.contains("reads like the form label"), "{second:?}: {e}");
+        }
+        // Other headings end a section and are not fields.
+        let body = "### Resource\n\nhooks/a\n\n## Notes\n\nhooks/b\n\n### Duration\n\n2h\n\n### Resources needed\n\nnone";
+        assert_eq!(read(body).unwrap().resource, "hooks/a");
+        // Not a heading at all, but it reads like one.
+        let e = read("### Resource\n\nhooks/a\n###Duration\n\n2h").unwrap_err();
+        assert!(
+            e.contains("reads like the form label `### Duration`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dates_out_of_range_are_refused() {
+        for start in [
+            "1969-12-31T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+            "1900-01-01T00:00:00+00:00",
+        ] {
+            let body =
+                format!("### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n{start}");
+            let e = read(&body).unwrap_err();
+            assert!(e.contains("1970 through 9999"), "{start}: {e}");
+        }
+        let body =
+            "### Resource\n\nhooks/a\n\n### Duration\n\n2h\n\n### Start\n\n9999-12-31T23:00:00Z";
+        assert!(read(body).is_ok());
+        let mut v = payload("opened", FORM, &[]);
+        v["issue"]["updated_at"] = json!("1969-12-31T23:59:59Z");
+        let e = parse(&cfg(), "issues", v.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("1970 through 9999"), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever is hidden where and however, the hidden resource is
+        /// never read: the answer is the shown one or a refusal.
+        #[test]
+        fn hidden_resource_is_never_read(
+            hide in proptest::sample::select(vec![
+                "<!--\n{h}\n-->",
+                "<!-- {h} -->",
+                "```\n{h}\n```",
+                "~~~\n{h}\n~~~",
+                "````md\n{h}\n```\n````",
+                "```\n{h}",
+                "<!--\n{h}",
+                "    {h}",
+                "\t{h}",
+            ]),
+            heading in proptest::sample::select(vec![
+                "### Resource", "### Reso\u{200b}urce", "## Resource", "###Resource",
+                "＃＃＃ Resource", "### resource", "Resource", "### Ｒｅｓｏｕｒｃｅ",
+            ]),
+            at in 0usize..4,
+            crlf in proptest::bool::ANY,
+            noise in "[ -~\n]{0,40}",
+        ) {
+            let hidden = hide.replace("{h}", &format!("{heading}\n\nhooks/b"));
+            let mut parts = vec![
+                "### Resource\n\nhooks/a".to_string(),
+                "### Duration\n\n2h".to_string(),
+                format!("### Justification\n\n{noise}"),
+            ];
+            parts.insert(at.min(parts.len()), hidden);
+            let mut body = parts.join("\n\n");
+            if crlf {
+                body = body.replace('\n', "\r\n");
+            }
+            match read(&body) {
+                Ok(r) => proptest::prop_assert_eq!(r.resource, "hooks/a", "{:?}", body),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
+
+        #[test]
+        fn any_body_reads_without_panic(body in "(###? ?|<!--|-->|```|~~~|    |\t|\r|\n|&#[0-9]{1,8};|[a-zA-Z/ ]{0,6}|\u{200b}|＃){0,40}") {
+            let _ = form::sections(&body);
+            let _ = read(&body);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Jira Cloud issue webhooks (`jira:issue_created|updated|deleted`): which
 //! deliveries count, the ticket key `jira:KEY-N`, status and approval from the
 //! workflow status and the event's changelog, and the request read from the
-//! fields named in `[sources.jira.fields]`. Identities are always
+//! fields named in `[sources.jira.fields]` (no other field). A move or a
+//! re-key closes the issue under its old key. Identities are always
 //! `accountId`s, never display names or e-mail addresses, which people can
 //! change or share.
 
@@ -9,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    at, from_epoch_millis, ignored, need_str, parse_jira_datetime, parse_object, quote, same_name,
-    scalar_text, str_at, ticket_key, Draft, Parsed, SourceError,
+    at, epoch_millis, ignored, need_str, parse_jira_datetime, parse_object, quote, same_name,
+    scalar_text, str_at, ticket_key, Draft, Parsed, SourceError, YEARS,
 };
 use crate::config::JiraSource;
 use crate::domain::Source;
@@ -45,6 +46,9 @@ pub fn parse(cfg: &JiraSource, body: &[u8]) -> Result<Parsed, SourceError> {
 
     let project = project
         .ok_or_else(|| super::missing(&["issue", "fields", "project", "key"], "a string", WHAT))?;
+    if let Some(moved) = moved_away(&root, cfg)? {
+        return Ok(Parsed::Ticket(moved));
+    }
     if !listed(project) {
         return Ok(ignored(
             format!(
@@ -126,19 +130,84 @@ pub fn parse(cfg: &JiraSource, body: &[u8]) -> Result<Parsed, SourceError> {
     }))
 }
 
+/// A move to another project or a new key, seen from the old key: the
+/// changelog's `Key` item names the old key (`fromString`) and the new one.
+/// When the old key's project is one warrant watches, the old ticket is
+/// closed (Deleted, so its grants are revoked `ticket_closed`); the new key
+/// starts with no approval memory when its own events arrive, and the
+/// decision denies an approval it never saw.
+fn moved_away(
+    root: &Map<String, Value>,
+    cfg: &JiraSource,
+) -> Result<Option<TicketEvent>, SourceError> {
+    let Some(items) = at(root, &["changelog", "items"]).and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    let new_key = need_str(root, &["issue", "key"], WHAT)?;
+    let old_key = items.iter().filter_map(Value::as_object).find_map(|item| {
+        let field = item
+            .get("field")
+            .and_then(Value::as_str)
+            .or_else(|| item.get("fieldId").and_then(Value::as_str))?;
+        if !(field.eq_ignore_ascii_case("key") || field.eq_ignore_ascii_case("issuekey")) {
+            return None;
+        }
+        item.get("fromString")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|old| !old.is_empty() && !old.eq_ignore_ascii_case(new_key.trim()))
+    });
+    let Some(old_key) = old_key else {
+        return Ok(None);
+    };
+    let Some((old_project, _)) = old_key.rsplit_once('-') else {
+        return Err(SourceError::Malformed(format!(
+            "{WHAT}: the changelog's old key `{}` is not a Jira issue key",
+            quote(old_key)
+        )));
+    };
+    if !cfg.projects.iter().any(|c| same_name(c, old_project)) {
+        return Ok(None);
+    }
+    let fields = at(root, &["issue", "fields"])
+        .and_then(Value::as_object)
+        .ok_or_else(|| super::missing(&["issue", "fields"], "an object", WHAT))?;
+    let updated_at = updated_at(root, fields)?;
+    let new_key = quote(new_key.trim());
+    Ok(Some(TicketEvent {
+        key: ticket_key(format!("jira:{old_key}"), WHAT)?,
+        source: Source::Jira,
+        project: old_project.to_string(),
+        status: TicketStatus::Deleted,
+        source_status: format!("moved to {new_key}"),
+        title: str_at(fields, &["summary"]).unwrap_or_default().to_string(),
+        updated_at,
+        request: Err(format!("the issue was moved to {new_key}")),
+        approval: ApprovalSignal::Withdrawn,
+    }))
+}
+
 /// The event's own time (epoch millis), else the issue's `updated`.
 fn updated_at(
     root: &Map<String, Value>,
     fields: &Map<String, Value>,
 ) -> Result<DateTime<Utc>, SourceError> {
-    if let Some(t) = root.get("timestamp").and_then(from_epoch_millis) {
-        return Ok(t);
+    match root.get("timestamp").and_then(epoch_millis) {
+        Some(Some(t)) => return Ok(t),
+        // A number warrant would have to order by, but outside the years it
+        // reads: no fallback, so the sender learns of it.
+        Some(None) => {
+            return Err(SourceError::Malformed(format!(
+                "{WHAT}: `timestamp` is outside the {YEARS}"
+            )))
+        }
+        None => {}
     }
     str_at(fields, &["updated"])
         .and_then(parse_jira_datetime)
         .ok_or_else(|| {
             SourceError::Malformed(format!(
-                "{WHAT}: neither `timestamp` nor `issue.fields.updated` is a time"
+                "{WHAT}: neither `timestamp` nor `issue.fields.updated` is a time in the {YEARS}"
             ))
         })
 }
@@ -238,7 +307,7 @@ fn optional_time(
         None => Ok(None),
         Some(t) => parse_jira_datetime(&t).map(Some).ok_or_else(|| {
             format!(
-                "field `{}` ({role}) `{}` is not a date-time (write 2026-11-25T10:00:00.000+0000)",
+                "field `{}` ({role}) `{}` is not a date-time in the {YEARS} (write 2026-11-25T10:00:00.000+0000)",
                 quote(name),
                 quote(&t)
             )
@@ -539,5 +608,66 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("webhookEvent"));
+    }
+
+    #[test]
+    fn a_move_closes_the_old_key() {
+        let mut v = payload(
+            "jira:issue_updated",
+            "Approved",
+            "indeterminate",
+            json!({"items": [
+                {"field": "project", "fieldtype": "jira", "fieldId": "project", "from": "10000", "fromString": "Operations", "to": "10001", "toString": "Security"},
+                {"field": "Key", "fieldtype": "jira", "from": null, "fromString": "OPS-7", "to": null, "toString": "SEC-3"},
+            ]}),
+        );
+        v["issue"]["key"] = json!("SEC-3");
+        v["issue"]["fields"]["project"]["key"] = json!("SEC");
+        let ev = event(&v);
+        assert_eq!(ev.key.as_str(), "jira:OPS-7");
+        assert_eq!(ev.status, TicketStatus::Deleted);
+        assert_eq!(ev.source_status, "moved to SEC-3");
+        assert_eq!(ev.approval, ApprovalSignal::Withdrawn);
+        assert_eq!(ev.project, "OPS");
+
+        // Re-keyed inside the project: the same.
+        v["issue"]["key"] = json!("OPS-9");
+        v["issue"]["fields"]["project"]["key"] = json!("OPS");
+        v["changelog"]["items"][1]["toString"] = json!("OPS-9");
+        assert_eq!(event(&v).key.as_str(), "jira:OPS-7");
+
+        // Moved in from a project warrant does not watch: a new ticket.
+        v["changelog"]["items"][1]["fromString"] = json!("HR-2");
+        let ev = event(&v);
+        assert_eq!(
+            (ev.key.as_str(), ev.status),
+            ("jira:OPS-9", TicketStatus::Open)
+        );
+    }
+
+    #[test]
+    fn times_out_of_range() {
+        let mut v = payload("jira:issue_updated", "Open", "new", Value::Null);
+        v["timestamp"] = json!(-1);
+        let e = parse(&cfg(), v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1970 through 9999"), "{e}");
+        v["timestamp"] = json!(253_402_300_800_000_i64);
+        assert!(parse(&cfg(), v.to_string().as_bytes()).is_err());
+        for n in [json!(1.5e12), json!(u64::MAX)] {
+            v["timestamp"] = n;
+            assert!(parse(&cfg(), v.to_string().as_bytes()).is_err());
+        }
+        let mut v = payload("jira:issue_created", "Open", "new", Value::Null);
+        for bad in [
+            "+10000-01-01T00:00:00.000+0000",
+            "1969-12-31",
+            "-0001-01-01T00:00:00.000+0000",
+        ] {
+            v["issue"]["fields"]["customfield_10101"] = json!(bad);
+            let e = event(&v).request.unwrap_err();
+            assert!(e.contains("1970 through 9999"), "{bad}: {e}");
+        }
     }
 }

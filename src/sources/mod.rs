@@ -1,8 +1,9 @@
 //! Turns the webhook bodies of the three ticket sources into `TicketEvent`s.
 //! Each parser owns its source's payload shape; this module owns what they
 //! share: the outcome type, the error type, JSON access that never panics,
-//! date parsing, and the checks that turn written request fields into a
-//! `Request` or a short explanation of what is wrong with them.
+//! date parsing (only years 1970 through 9999 are read, so nothing later can
+//! overflow on a date from outside), and the checks that turn written request
+//! fields into a `Request` or a short explanation of what is wrong with them.
 //!
 //! Signatures are checked before any of this runs (see `signature`): the
 //! parsers trust that the body is authentic, not that it is well formed.
@@ -175,14 +176,46 @@ pub(crate) fn same_name(a: &str, b: &str) -> bool {
     a.trim().to_lowercase() == b.trim().to_lowercase()
 }
 
+/// A piece of a payload for a message: short, and with control characters
+/// written out, so that a message never carries a raw NUL or line break.
 pub(crate) fn quote(s: &str) -> String {
-    truncate(s, QUOTE)
+    let short = truncate(s, QUOTE);
+    if short.chars().any(char::is_control) {
+        short
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        short
+    }
+}
+
+/// The first and last years a source may name. Outside them a date is not
+/// read at all, so no later arithmetic on it (a start plus a duration, a
+/// window's span) can leave chrono's range and panic.
+pub const FIRST_YEAR: i32 = 1970;
+pub const LAST_YEAR: i32 = 9999;
+
+/// What messages say about the range.
+pub(crate) const YEARS: &str = "years 1970 through 9999";
+
+/// The time, if its year lies in `FIRST_YEAR..=LAST_YEAR`.
+pub fn in_range(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    (FIRST_YEAR..=LAST_YEAR).contains(&t.year()).then_some(t)
 }
 
 pub(crate) fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s.trim())
         .ok()
         .map(|t| t.with_timezone(&Utc))
+        .and_then(in_range)
 }
 
 /// RFC 3339, Jira's `2026-11-25T10:00:00.000+0000`, or a plain date
@@ -192,13 +225,16 @@ pub(crate) fn parse_jira_datetime(s: &str) -> Option<DateTime<Utc>> {
     if let Some(t) = parse_rfc3339(s) {
         return Some(t);
     }
+    // `%Y` also reads signed years of more than four digits; `in_range`
+    // turns those away.
     if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
-        return Some(t.with_timezone(&Utc));
+        return in_range(t.with_timezone(&Utc));
     }
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
+        .and_then(in_range)
 }
 
 /// ServiceNow's `2026-11-25 10:00:00` (UTC, as GlideDateTime values are), or RFC 3339.
@@ -207,16 +243,28 @@ pub(crate) fn parse_servicenow_datetime(s: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
         .ok()
         .map(|t| t.and_utc())
+        .and_then(in_range)
         .or_else(|| parse_rfc3339(s))
 }
 
-pub(crate) fn from_epoch_millis(v: &Value) -> Option<DateTime<Utc>> {
-    let ms = match v {
-        Value::Number(n) => n.as_i64()?,
+/// Epoch milliseconds as a number or a string of digits: `None` when it is
+/// not one, `Some(None)` when it is one outside the allowed years (any JSON
+/// number that is not a whole i64, too).
+pub(crate) fn epoch_millis(v: &Value) -> Option<Option<DateTime<Utc>>> {
+    let ms: i64 = match v {
+        Value::Number(n) => match n.as_i64() {
+            Some(ms) => ms,
+            None => return Some(None),
+        },
         Value::String(s) => s.trim().parse().ok()?,
         _ => return None,
     };
-    DateTime::from_timestamp_millis(ms)
+    Some(DateTime::from_timestamp_millis(ms).and_then(in_range))
+}
+
+#[cfg(test)]
+pub(crate) fn from_epoch_millis(v: &Value) -> Option<DateTime<Utc>> {
+    epoch_millis(v).flatten()
 }
 
 /// The request fields as a source found them, each already read or already

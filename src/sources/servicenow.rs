@@ -36,7 +36,7 @@ use serde_json::{Map, Value};
 
 use super::{
     ignored, parse_object, parse_servicenow_datetime, quote, scalar_text, ticket_key, Draft,
-    Parsed, SourceError,
+    Parsed, SourceError, YEARS,
 };
 use crate::config::ServicenowSource;
 use crate::domain::Source;
@@ -137,7 +137,7 @@ pub fn parse(cfg: &ServicenowSource, body: &[u8]) -> Result<Parsed, SourceError>
     let updated_text = text(record.get("sys_updated_on")).unwrap_or_default();
     let updated_at = parse_servicenow_datetime(&updated_text).ok_or_else(|| {
         SourceError::Malformed(format!(
-            "{WHAT}: `sys_updated_on` `{}` is not a time (YYYY-MM-DD HH:MM:SS)",
+            "{WHAT}: `sys_updated_on` `{}` is not a time (YYYY-MM-DD HH:MM:SS) in the {YEARS}",
             quote(&updated_text)
         ))
     })?;
@@ -236,7 +236,7 @@ fn read_request(
             None => Ok(None),
             Some(t) => parse_servicenow_datetime(&t).map(Some).ok_or_else(|| {
                 format!(
-                    "field `{name}` `{}` is not a time (YYYY-MM-DD HH:MM:SS, UTC)",
+                    "field `{name}` `{}` is not a time (YYYY-MM-DD HH:MM:SS, UTC) in the {YEARS}",
                     quote(&t)
                 )
             }),

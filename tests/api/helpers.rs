@@ -570,3 +570,62 @@ macro_rules! app {
         }
     };
 }
+
+impl TestApp {
+    /// A second app on this app's database and provider receiver, with
+    /// `edit` applied to the base configuration: warrant restarted after a
+    /// configuration change. Its clock starts at this app's time; the
+    /// database stays this app's (dropping the second app keeps it).
+    pub async fn restart_with(&self, edit: impl FnOnce(String) -> String) -> TestApp {
+        let db = TestDb {
+            url: self.db.url.clone(),
+            pg_name: None,
+            _dir: None,
+        };
+        let receiver = self.receiver.clone();
+        let text = edit(base_config(&db.url, &receiver.url));
+        let config = Config::from_toml(&text, &env).expect("test config");
+        let clock = ManualClock::new(self.clock_now());
+        let options = Options {
+            clock: Arc::new(clock.clone()),
+            run_jobs: false,
+            handle_signals: false,
+            workers: Some(1),
+        };
+        let app = App::build(config, options).await.expect("app builds");
+        let addr = format!("http://127.0.0.1:{}", app.port());
+        let state = app.state();
+        let handle = app.server_handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            state,
+            clock,
+            receiver,
+            backend: self.backend,
+            handle,
+            db,
+        }
+    }
+
+    /// `warrant reconcile`: every stored ticket decided again under this
+    /// app's configuration and clock.
+    pub fn reconcile_all(&self) {
+        let now = self.clock_now();
+        for key in warrant::engine::all_ticket_keys(&self.state.db).expect("ticket keys") {
+            warrant::engine::reconcile_ticket(&self.state.db, &self.state.config, now, &key)
+                .expect("reconcile");
+        }
+    }
+
+    /// The audit events of one ticket, oldest first.
+    pub async fn events_of(&self, ticket: &str) -> Vec<Value> {
+        let q = percent_encoding::utf8_percent_encode(ticket, percent_encoding::NON_ALPHANUMERIC);
+        let (status, body) = self
+            .get_json(&format!("/v1/audit?ticket={q}&limit=1000"), ADMIN_TOKEN)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+}

@@ -11,6 +11,7 @@ mod audit_load;
 mod backlinks;
 mod ci;
 mod health;
+mod hostile;
 mod http_bounds;
 mod leases;
 mod lifecycle;

@@ -167,3 +167,30 @@ pub fn servicenow(c: &Change) -> Value {
         "u_access_resource": c.resource,
     })
 }
+
+/// A GitHub `issues` `transferred` event: the issue as it was in its old
+/// repository, and where it went under `changes`.
+pub fn github_transferred(issue: &Issue, sender: &str, new_repo: &str, new_number: u64) -> Value {
+    let mut v = github("transferred", issue, sender, None);
+    let mut moved = Issue::new(new_number, issue.updated_at);
+    moved.repo = new_repo;
+    moved.body = issue.body.clone();
+    moved.labels = issue.labels.clone();
+    let new = github("opened", &moved, sender, None);
+    v["changes"] = json!({
+        "new_issue": new["issue"].clone(),
+        "new_repository": new["repository"].clone(),
+    });
+    v
+}
+
+/// A Jira `jira:issue_updated` event for an issue moved (or re-keyed) from
+/// `old_key` to `issue.key`, with the changelog Jira Cloud sends for a move.
+pub fn jira_moved(issue: &JiraIssue, old_key: &str, user_id: &str, at: DateTime<Utc>) -> Value {
+    let mut v = jira("jira:issue_updated", issue, user_id, at, None);
+    v["changelog"] = json!({ "id": "10102", "items": [
+        { "field": "project", "fieldtype": "jira", "fieldId": "project", "from": "10000", "fromString": "Operations", "to": "10001", "toString": "Security" },
+        { "field": "Key", "fieldtype": "jira", "from": null, "fromString": old_key, "to": null, "toString": issue.key },
+    ] });
+    v
+}
