@@ -594,13 +594,13 @@ impl TestApp {
         };
         let app = App::build(config, options).await.expect("app builds");
         let addr = format!("http://127.0.0.1:{}", app.port());
-        let state = app.state();
+        let ctx = app.context();
         let handle = app.server_handle();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             addr,
             client: reqwest::Client::new(),
-            state,
+            ctx,
             clock,
             receiver,
             backend: self.backend,
@@ -613,8 +613,8 @@ impl TestApp {
     /// app's configuration and clock.
     pub fn reconcile_all(&self) {
         let now = self.clock_now();
-        for key in warrant::engine::all_ticket_keys(&self.state.db).expect("ticket keys") {
-            warrant::engine::reconcile_ticket(&self.state.db, &self.state.config, now, &key)
+        for key in warrant::engine::all_ticket_keys(&self.ctx.db).expect("ticket keys") {
+            warrant::engine::reconcile_ticket(&self.ctx.db, &self.ctx.config, now, &key)
                 .expect("reconcile");
         }
     }
