@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use serde::{Deserialize, Deserializer};
 
+use crate::crypto::signature::whsec_key;
 use crate::domain::{parse_duration, Resource, Source};
 
 #[derive(Debug, thiserror::Error)]
@@ -1128,21 +1129,6 @@ fn load_secret(
             format!("missing: name the secret with {what}_env or {what}_file"),
         )),
     }
-}
-
-/// Decodes a Standard Webhooks secret `whsec_BASE64` into its key bytes.
-pub fn whsec_key(secret: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine;
-    let b64 = secret
-        .strip_prefix("whsec_")
-        .ok_or("a Standard Webhooks secret starts with `whsec_`")?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| "the part after `whsec_` is not base64".to_string())?;
-    if key.len() < 16 {
-        return Err("the secret is shorter than 16 bytes".into());
-    }
-    Ok(key)
 }
 
 #[cfg(test)]

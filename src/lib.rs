@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod engine;

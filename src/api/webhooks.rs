@@ -11,11 +11,11 @@ use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
 use crate::app::AppState;
-use crate::config::whsec_key;
+use crate::crypto::signature::{self, whsec_key};
 use crate::domain::Source;
 use crate::engine::{Delivery, Ingested, Outcome};
 use crate::metrics::WebhookLabels;
-use crate::sources::{self, signature, Parsed};
+use crate::sources::{self, Parsed};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/{source}", web::post().to(receive));

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{Call, ProviderError};
-use crate::config::{whsec_key, HttpProvider};
-use crate::sources::signature::sign_standard;
+use crate::config::HttpProvider;
+use crate::crypto::signature::{sign_standard, whsec_key};
 
 /// The `http` provider's target rule: the contract's syntax and nothing
 /// narrower (so no `.` or `..` segment), since the receiver decides what a

@@ -6,9 +6,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use super::signature::{self, SignatureError};
 use super::{github, jira, servicenow, Parsed, SourceError};
-use crate::config::{whsec_key, Config};
+use crate::config::Config;
+use crate::crypto::signature::{self, whsec_key, SignatureError};
 use crate::domain::TicketKey;
 use crate::ticket::{merge, ApprovalSignal, Snapshot, TicketEvent, TicketStatus};
 
