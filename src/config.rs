@@ -701,7 +701,7 @@ impl Config {
                         let pem = std::fs::read_to_string(path).map_err(|e| {
                             invalid(&key, format!("cannot read {}: {e}", path.display()))
                         })?;
-                        crate::providers::token::SigningKey::from_pem(&pem)
+                        crate::crypto::keys::SigningKey::from_pem(&pem)
                             .map_err(|m| invalid(&key, format!("{}: {m}", path.display())))?;
                         Ok(Secret::new(pem))
                     };
@@ -851,7 +851,7 @@ impl Config {
                     ("allow_privileged", &pg.allow_privileged),
                 ] {
                     for (i, role) in roles.iter().enumerate() {
-                        crate::providers::postgres::check_role(role)
+                        crate::domain::check_pg_role(role)
                             .map_err(|m| invalid(format!("{at}.{key}[{i}]"), m))?;
                     }
                 }

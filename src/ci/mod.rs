@@ -371,7 +371,7 @@ mod tests {
     #[test]
     fn a_key_file_is_read_at_load() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, pem) = crate::providers::token::SigningKey::generate().unwrap();
+        let (_, pem) = crate::crypto::keys::SigningKey::generate().unwrap();
         let path = dir.path().join("key.pem");
         std::fs::write(&path, &pem).unwrap();
         let text = format!(

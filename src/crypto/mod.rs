@@ -4,4 +4,5 @@
 //! `token` provider all take their primitives from here, so each rule
 //! (constant-time comparison, header formats, key parsing) exists once.
 
+pub mod keys;
 pub mod signature;
