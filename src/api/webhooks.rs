@@ -6,6 +6,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -166,13 +167,13 @@ async fn receive_configured(
     let now = state.clock.now();
     let sources_cfg = &state.config.sources;
     let unauthorized = |e: signature::SignatureError| ApiError::Unauthorized(e.to_string());
-    let secret_of = |s: &Option<crate::config::Secret>| s.clone().ok_or(ApiError::Internal);
+    let secret_of = |s: &Option<SecretString>| s.clone().ok_or(ApiError::Internal);
     let (id, parsed) = match source {
         Source::Github => {
             let cfg = sources_cfg.github.as_ref().ok_or(ApiError::Internal)?;
             let secret = secret_of(&cfg.secret)?;
             signature::verify_hub(
-                secret.expose().as_bytes(),
+                secret.expose_secret().as_bytes(),
                 "X-Hub-Signature-256",
                 header(req, "x-hub-signature-256"),
                 &body,
@@ -187,7 +188,7 @@ async fn receive_configured(
             let cfg = sources_cfg.jira.as_ref().ok_or(ApiError::Internal)?;
             let secret = secret_of(&cfg.secret)?;
             signature::verify_hub(
-                secret.expose().as_bytes(),
+                secret.expose_secret().as_bytes(),
                 "X-Hub-Signature",
                 header(req, "x-hub-signature"),
                 &body,
@@ -204,7 +205,7 @@ async fn receive_configured(
         Source::Servicenow => {
             let cfg = sources_cfg.servicenow.as_ref().ok_or(ApiError::Internal)?;
             let secret = secret_of(&cfg.secret)?;
-            let key = whsec_key(secret.expose()).map_err(|_| ApiError::Internal)?;
+            let key = whsec_key(secret.expose_secret()).map_err(|_| ApiError::Internal)?;
             signature::verify_standard(
                 &key,
                 header(req, "webhook-id"),

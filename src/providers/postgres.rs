@@ -18,7 +18,9 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2Pool};
 
 use super::{Action, Call, ProviderError};
-use crate::config::{PostgresProvider, Secret};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::PostgresProvider;
 use crate::domain::check_pg_role;
 
 /// The `postgres` provider's target rule: one role name, and one of
@@ -57,8 +59,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(name: &str, cfg: &PostgresProvider, url: &Secret) -> Pool {
-        let manager = ConnectionManager::<PgConnection>::new(url.expose());
+    pub fn new(name: &str, cfg: &PostgresProvider, url: &SecretString) -> Pool {
+        let manager = ConnectionManager::<PgConnection>::new(url.expose_secret());
         let timeout = cfg.timeout.std().max(std::time::Duration::from_millis(1));
         Pool {
             pool: R2Pool::builder()

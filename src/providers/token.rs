@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use jsonwebtoken::{Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
 use crate::config::{Config, ProviderConfig};
@@ -93,8 +94,8 @@ impl KeyRing {
             let ProviderConfig::Token(t) = p else {
                 continue;
             };
-            let parse = |s: &crate::config::Secret, what: &str| {
-                SigningKey::from_pem(s.expose())
+            let parse = |s: &SecretString, what: &str| {
+                SigningKey::from_pem(s.expose_secret())
                     .map(Arc::new)
                     .map_err(|e| format!("providers.{name}.{what}: {e}"))
             };
