@@ -141,7 +141,6 @@ pub(super) fn validate_identities(
             }
         }
     }
-
     Ok(())
 }
 
@@ -188,6 +187,5 @@ pub(super) fn validate_policies(
             }
         }
     }
-
     Ok(())
 }

@@ -310,7 +310,6 @@ pub(super) fn validate(providers: &BTreeMap<String, ProviderConfig>) -> Result<(
             }
         }
     }
-
     Ok(())
 }
 
@@ -324,7 +323,6 @@ pub(super) fn validate_tokens(
             }
         }
     }
-
     Ok(())
 }
 

@@ -257,7 +257,6 @@ impl SourcesConfig {
                 return Err(invalid("sources.jira.approved_statuses", "lists no status"));
             }
         }
-
         Ok(())
     }
 }
