@@ -19,8 +19,9 @@ use std::hint::black_box;
 
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use warrant::config::{whsec_key, Config};
-use warrant::sources::{self, signature, Parsed};
+use warrant::config::Config;
+use warrant::crypto::signature::{self, whsec_key};
+use warrant::sources::{self, Parsed};
 
 use payloads::{Corpus, Src, Ticket, APPROVE_STEP, GH_SECRET, SN_SECRET};
 

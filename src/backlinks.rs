@@ -5,9 +5,10 @@
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::context::Context;
 use crate::db::{Conn, StoreError};
 use crate::domain::{from_micros, rfc3339, Source, TicketKey};
@@ -113,17 +114,17 @@ pub fn denied(reason: &str, detail: &str) -> String {
     format!("warrant: access denied ({reason}): {detail}.")
 }
 
-fn auth(req: reqwest::RequestBuilder, token: &Secret) -> reqwest::RequestBuilder {
+fn auth(req: reqwest::RequestBuilder, token: &SecretString) -> reqwest::RequestBuilder {
     // `user:secret` is basic auth (Jira Cloud, ServiceNow); anything else a bearer token.
-    match token.expose().split_once(':') {
+    match token.expose_secret().split_once(':') {
         Some(_) => req.header(
             "authorization",
             format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(token.expose())
+                base64::engine::general_purpose::STANDARD.encode(token.expose_secret())
             ),
         ),
-        None => req.bearer_auth(token.expose()),
+        None => req.bearer_auth(token.expose_secret()),
     }
 }
 

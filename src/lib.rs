@@ -17,6 +17,7 @@ pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod context;
+pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod engine;

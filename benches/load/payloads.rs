@@ -17,7 +17,7 @@
 use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use warrant::sources::signature::{sign_hub, sign_standard};
+use warrant::crypto::signature::{sign_hub, sign_standard};
 
 pub const GH_SECRET: &str = "bench-github-secret-3f9a1c";
 pub const JIRA_SECRET: &str = "bench-jira-secret-77be02";
@@ -446,7 +446,7 @@ impl Ticket {
             Src::Servicenow => {
                 let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
                 let ts = Utc::now().timestamp();
-                let key = warrant::config::whsec_key(SN_SECRET).unwrap_or_default();
+                let key = warrant::crypto::signature::whsec_key(SN_SECRET).unwrap_or_default();
                 let sig = sign_standard(&key, &id, ts, &body);
                 (
                     id.clone(),

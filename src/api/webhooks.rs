@@ -6,16 +6,17 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
-use crate::config::whsec_key;
+use crate::crypto::signature::{self, whsec_key};
 use crate::domain::Source;
 use crate::engine::{Delivery, Ingested, Outcome};
 use crate::metrics::WebhookLabels;
-use crate::sources::{self, signature, Parsed};
+use crate::sources::{self, Parsed};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/{source}", web::post().to(receive));
@@ -167,13 +168,13 @@ async fn receive_configured(
     let now = state.ctx.clock.now();
     let sources_cfg = &state.ctx.config.sources;
     let unauthorized = |e: signature::SignatureError| ApiError::Unauthorized(e.to_string());
-    let secret_of = |s: &Option<crate::config::Secret>| s.clone().ok_or(ApiError::Internal);
+    let secret_of = |s: &Option<SecretString>| s.clone().ok_or(ApiError::Internal);
     let (id, parsed) = match source {
         Source::Github => {
             let cfg = sources_cfg.github.as_ref().ok_or(ApiError::Internal)?;
             let secret = secret_of(&cfg.secret)?;
             signature::verify_hub(
-                secret.expose().as_bytes(),
+                secret.expose_secret().as_bytes(),
                 "X-Hub-Signature-256",
                 header(req, "x-hub-signature-256"),
                 &body,
@@ -188,7 +189,7 @@ async fn receive_configured(
             let cfg = sources_cfg.jira.as_ref().ok_or(ApiError::Internal)?;
             let secret = secret_of(&cfg.secret)?;
             signature::verify_hub(
-                secret.expose().as_bytes(),
+                secret.expose_secret().as_bytes(),
                 "X-Hub-Signature",
                 header(req, "x-hub-signature"),
                 &body,
@@ -205,7 +206,7 @@ async fn receive_configured(
         Source::Servicenow => {
             let cfg = sources_cfg.servicenow.as_ref().ok_or(ApiError::Internal)?;
             let secret = secret_of(&cfg.secret)?;
-            let key = whsec_key(secret.expose()).map_err(|_| ApiError::Internal)?;
+            let key = whsec_key(secret.expose_secret()).map_err(|_| ApiError::Internal)?;
             signature::verify_standard(
                 &key,
                 header(req, "webhook-id"),

@@ -294,6 +294,7 @@ pub fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     fn issuer(run_claims: &[&str]) -> CiIssuer {
         CiIssuer {
@@ -371,7 +372,7 @@ mod tests {
     #[test]
     fn a_key_file_is_read_at_load() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, pem) = crate::providers::token::SigningKey::generate().unwrap();
+        let (_, pem) = crate::crypto::keys::SigningKey::generate().unwrap();
         let path = dir.path().join("key.pem");
         std::fs::write(&path, &pem).unwrap();
         let text = format!(
@@ -383,7 +384,10 @@ mod tests {
         let crate::config::ProviderConfig::Token(t) = &c.providers["deploy"] else {
             panic!("not a token provider")
         };
-        assert_eq!(t.key.as_ref().map(|k| k.expose()), Some(pem.as_str()));
+        assert_eq!(
+            t.key.as_ref().map(|k| k.expose_secret()),
+            Some(pem.as_str())
+        );
         assert_eq!(t.previous_keys.len(), 1);
         assert_eq!(t.issuer, "warrant");
         assert!(

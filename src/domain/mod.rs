@@ -215,6 +215,32 @@ fn describe_char(c: char) -> String {
     }
 }
 
+/// The longest role name PostgreSQL keeps (NAMEDATALEN - 1).
+pub const MAX_PG_ROLE: usize = 63;
+
+/// A role name as the `postgres` provider takes it (as a target, and in its
+/// `roles` and `allow_privileged`): an ASCII letter or `_`, then up to 62
+/// ASCII letters, digits, `_`, `$` or `-`. Narrower than what
+/// PostgreSQL can quote, so that what an approver reads is the role, with
+/// no lookalike, no case or length surprise (PostgreSQL would cut a longer
+/// name to 63 bytes).
+pub fn check_pg_role(role: &str) -> Result<(), String> {
+    let mut chars = role.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok
+        || role.len() > MAX_PG_ROLE
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '-'))
+    {
+        return Err(format!(
+            "a PostgreSQL role name is an ASCII letter or `_`, then up to {} letters, digits, `_`, `$` or `-`",
+            MAX_PG_ROLE - 1
+        ));
+    }
+    Ok(())
+}
+
 /// A user-supplied string for an error message: shortened, with control and
 /// other non-printing characters escaped.
 pub fn shown(s: &str, max: usize) -> String {

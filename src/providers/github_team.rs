@@ -7,6 +7,8 @@
 //! organisation can reach another API path (URL parsers resolve `..`, and
 //! `%2e%2e`, as a step up).
 
+use secrecy::ExposeSecret;
+
 use super::{Action, Call, ProviderError};
 use crate::config::GithubTeamProvider;
 
@@ -69,7 +71,8 @@ pub async fn call(
         .ok_or_else(|| ProviderError::Call("no token".into()))?;
     // Errors go into the audit trail: whatever they come to say, the token
     // is scrubbed from them.
-    let fail = |text: &str| ProviderError::Call(crate::redact::redact(text, &[token.expose()]));
+    let fail =
+        |text: &str| ProviderError::Call(crate::redact::redact(text, &[token.expose_secret()]));
     let url = membership_url(cfg, call.target, call.account)?;
     let req = match call.action {
         Action::Grant => client
@@ -78,7 +81,7 @@ pub async fn call(
         Action::Revoke => client.delete(&url),
     };
     let resp = req
-        .bearer_auth(token.expose())
+        .bearer_auth(token.expose_secret())
         .header("accept", "application/vnd.github+json")
         .header("x-github-api-version", "2022-11-28")
         .send()

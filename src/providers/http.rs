@@ -3,10 +3,11 @@
 //! receiver can use it as its idempotency key across our retries.
 
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 
 use super::{Call, ProviderError};
-use crate::config::{whsec_key, HttpProvider};
-use crate::sources::signature::sign_standard;
+use crate::config::HttpProvider;
+use crate::crypto::signature::{sign_standard, whsec_key};
 
 /// The `http` provider's target rule: the contract's syntax and nothing
 /// narrower (so no `.` or `..` segment), since the receiver decides what a
@@ -26,13 +27,13 @@ pub async fn call(
         .secret
         .as_ref()
         .ok_or_else(|| ProviderError::Call("no secret".into()))?;
-    let key = whsec_key(secret.expose()).map_err(ProviderError::Call)?;
+    let key = whsec_key(secret.expose_secret()).map_err(ProviderError::Call)?;
     let id = format!("{}-{}", call.grant_id, call.action.as_str());
     let ts = now.timestamp();
     let signature = sign_standard(&key, &id, ts, &body);
     // Errors go into the audit trail and the API: they name the endpoint
     // without its credentials or query, and hold no secret.
-    let mut secrets = vec![secret.expose().to_string()];
+    let mut secrets = vec![secret.expose_secret().to_string()];
     if let Ok(u) = url::Url::parse(&cfg.url) {
         secrets.extend(u.password().map(str::to_string));
         secrets.extend(u.query_pairs().map(|(_, v)| v.into_owned()));

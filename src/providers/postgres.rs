@@ -3,7 +3,7 @@
 //! account name is only ever a name. Membership already held, or already
 //! gone, counts as success.
 //!
-//! Its target is one role name (`check_role`). Before a grant it refuses a
+//! Its target is one role name (`domain::check_pg_role`). Before a grant it refuses a
 //! role that is, or belongs (directly or through other roles) to, a role
 //! with SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS, unless
 //! `allow_privileged` lists it: membership lets the account `SET ROLE` to
@@ -18,37 +18,15 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2Pool};
 
 use super::{Action, Call, ProviderError};
-use crate::config::{PostgresProvider, Secret};
+use secrecy::{ExposeSecret, SecretString};
 
-/// The longest role name PostgreSQL keeps (NAMEDATALEN - 1).
-pub const MAX_ROLE: usize = 63;
-
-/// A role name as this provider takes it: an ASCII letter or `_`, then up
-/// to 62 ASCII letters, digits, `_`, `$` or `-`. Narrower than what
-/// PostgreSQL can quote, so that what an approver reads is the role, with
-/// no lookalike, no case or length surprise (PostgreSQL would cut a longer
-/// name to 63 bytes).
-pub fn check_role(role: &str) -> Result<(), String> {
-    let mut chars = role.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok
-        || role.len() > MAX_ROLE
-        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '-'))
-    {
-        return Err(format!(
-            "a PostgreSQL role name is an ASCII letter or `_`, then up to {} letters, digits, `_`, `$` or `-`",
-            MAX_ROLE - 1
-        ));
-    }
-    Ok(())
-}
+use crate::config::PostgresProvider;
+use crate::domain::check_pg_role;
 
 /// The `postgres` provider's target rule: one role name, and one of
 /// `roles` when the provider lists any.
 pub fn check_target(cfg: &PostgresProvider, target: &str) -> Result<(), String> {
-    check_role(target)?;
+    check_pg_role(target)?;
     if !cfg.roles.is_empty() && !cfg.roles.iter().any(|r| r == target) {
         return Err("the provider's `roles` does not list it".into());
     }
@@ -81,8 +59,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(name: &str, cfg: &PostgresProvider, url: &Secret) -> Pool {
-        let manager = ConnectionManager::<PgConnection>::new(url.expose());
+    pub fn new(name: &str, cfg: &PostgresProvider, url: &SecretString) -> Pool {
+        let manager = ConnectionManager::<PgConnection>::new(url.expose_secret());
         let timeout = cfg.timeout.std().max(std::time::Duration::from_millis(1));
         Pool {
             pool: R2Pool::builder()

@@ -16,14 +16,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ProviderConfig};
+use crate::crypto::keys::SigningKey;
 use crate::db::schema::signing_keys;
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
@@ -34,103 +34,6 @@ use crate::grants::GrantRow;
 const KEY_LOCK: i64 = 7_426_210_002;
 /// How long the generated keys are cached before the table is read again.
 const RELOAD_SECONDS: i64 = 60;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A private signing key, its public JWK and its key id (the RFC 7638
-/// thumbprint of the public key). Never printed.
-#[derive(Clone)]
-pub struct SigningKey {
-    alg: Algorithm,
-    kid: String,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    jwk: Value,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("alg", &self.alg)
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SigningKey {
-    /// Reads a PKCS#8 PEM private key: P-256 (ES256) or Ed25519 (EdDSA).
-    pub fn from_pem(pem: &str) -> Result<SigningKey, String> {
-        use p256::elliptic_curve::sec1::ToEncodedPoint;
-        use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-        if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem) {
-            let der = k
-                .to_pkcs8_der()
-                .map_err(|e| format!("cannot encode the key: {e}"))?;
-            let point = k.public_key().to_encoded_point(false);
-            let (Some(x), Some(y)) = (point.x(), point.y()) else {
-                return Err("the P-256 public key has no coordinates".into());
-            };
-            let (x, y) = (b64(x), b64(y));
-            let thumb = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-            let kid = b64(&Sha256::digest(thumb.as_bytes()));
-            let decoding = DecodingKey::from_ec_components(&x, &y)
-                .map_err(|e| format!("cannot use the public key: {e}"))?;
-            return Ok(SigningKey {
-                alg: Algorithm::ES256,
-                encoding: EncodingKey::from_ec_der(der.as_bytes()),
-                decoding,
-                jwk: json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig" }),
-                kid,
-            });
-        }
-        if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_pem(pem) {
-            let der = k
-                .to_pkcs8_der()
-                .map_err(|e| format!("cannot encode the key: {e}"))?;
-            let x = b64(k.verifying_key().as_bytes());
-            let thumb = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-            let kid = b64(&Sha256::digest(thumb.as_bytes()));
-            let decoding = DecodingKey::from_ed_components(&x)
-                .map_err(|e| format!("cannot use the public key: {e}"))?;
-            return Ok(SigningKey {
-                alg: Algorithm::EdDSA,
-                encoding: EncodingKey::from_ed_der(der.as_bytes()),
-                decoding,
-                jwk: json!({ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig" }),
-                kid,
-            });
-        }
-        Err("not a PKCS#8 PEM private key for P-256 (ES256) or Ed25519 (EdDSA)".into())
-    }
-
-    /// A new P-256 key and its PKCS#8 PEM.
-    pub fn generate() -> Result<(SigningKey, String), String> {
-        use p256::pkcs8::{EncodePrivateKey, LineEnding};
-        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-        let pem = secret
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| format!("cannot encode the key: {e}"))?
-            .to_string();
-        Ok((SigningKey::from_pem(&pem)?, pem))
-    }
-
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    /// The public key as a JWK, with `kid`, `alg` and `use`.
-    pub fn public_jwk(&self) -> &Value {
-        &self.jwk
-    }
-
-    fn with_kid(mut self, kid: &str) -> SigningKey {
-        kid.clone_into(&mut self.kid);
-        self.jwk["kid"] = json!(kid);
-        self
-    }
-}
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = signing_keys)]
@@ -191,8 +94,8 @@ impl KeyRing {
             let ProviderConfig::Token(t) = p else {
                 continue;
             };
-            let parse = |s: &crate::config::Secret, what: &str| {
-                SigningKey::from_pem(s.expose())
+            let parse = |s: &SecretString, what: &str| {
+                SigningKey::from_pem(s.expose_secret())
                     .map(Arc::new)
                     .map_err(|e| format!("providers.{name}.{what}: {e}"))
             };
@@ -535,44 +438,6 @@ fn ensure_key(
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_from_pem_sign_and_verify() {
-        let (k, pem) = SigningKey::generate().unwrap();
-        assert!(pem.contains("BEGIN PRIVATE KEY"));
-        let again = SigningKey::from_pem(&pem).unwrap();
-        assert_eq!(k.kid(), again.kid(), "the kid is the key's thumbprint");
-        assert_eq!(k.public_jwk()["alg"], "ES256");
-        assert!(!format!("{k:?}").contains(&pem[40..60]));
-
-        let mut h = Header::new(k.alg);
-        h.kid = Some(k.kid.clone());
-        let t = jsonwebtoken::encode(&h, &json!({ "sub": "x" }), &k.encoding).unwrap();
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(k.public_jwk().clone()).unwrap();
-        let mut v = Validation::new(Algorithm::ES256);
-        v.required_spec_claims.clear();
-        let d =
-            jsonwebtoken::decode::<Value>(&t, &DecodingKey::from_jwk(&jwk).unwrap(), &v).unwrap();
-        assert_eq!(d.claims["sub"], "x");
-    }
-
-    #[test]
-    fn ed25519_keys_sign_with_eddsa() {
-        use ed25519_dalek::pkcs8::EncodePrivateKey;
-        use p256::pkcs8::LineEnding;
-        let sk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-        let pem = sk.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
-        let k = SigningKey::from_pem(&pem).unwrap();
-        assert_eq!(k.alg, Algorithm::EdDSA);
-        assert_eq!(k.public_jwk()["crv"], "Ed25519");
-        let mut h = Header::new(k.alg);
-        h.kid = Some(k.kid.clone());
-        let t = jsonwebtoken::encode(&h, &json!({ "sub": "y" }), &k.encoding).unwrap();
-        let mut v = Validation::new(Algorithm::EdDSA);
-        v.required_spec_claims.clear();
-        let d = jsonwebtoken::decode::<Value>(&t, &k.decoding, &v).unwrap();
-        assert_eq!(d.claims["sub"], "y");
-    }
-
     fn sqlite() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
@@ -653,14 +518,5 @@ mod tests {
             .read(|c| Ok(dispatch!(c, c => signing_keys::table.count().get_result(c))?))
             .unwrap();
         assert_eq!(stored, 0, "no key is generated when every provider has one");
-    }
-
-    #[test]
-    fn other_pems_are_refused() {
-        assert!(SigningKey::from_pem("not a key").is_err());
-        assert!(SigningKey::from_pem(
-            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
-        )
-        .is_err());
     }
 }

@@ -5,13 +5,12 @@
 //! overflow on a date from outside), and the checks that turn written request
 //! fields into a `Request` or a short explanation of what is wrong with them.
 //!
-//! Signatures are checked before any of this runs (see `signature`): the
+//! Signatures are checked before any of this runs (see `crypto::signature`): the
 //! parsers trust that the body is authentic, not that it is well formed.
 
 pub mod github;
 pub mod jira;
 pub mod servicenow;
-pub mod signature;
 
 #[cfg(test)]
 mod tests;

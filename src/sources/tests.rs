@@ -4,11 +4,12 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use super::signature::{self, SignatureError};
 use super::{github, jira, servicenow, Parsed, SourceError};
-use crate::config::{whsec_key, Config};
+use crate::config::Config;
+use crate::crypto::signature::{self, whsec_key, SignatureError};
 use crate::domain::TicketKey;
 use crate::ticket::{merge, ApprovalSignal, Snapshot, TicketEvent, TicketStatus};
 
@@ -185,7 +186,7 @@ fn github_deliveries_are_signed_over_the_raw_body() {
         .secret
         .as_ref()
         .unwrap()
-        .expose()
+        .expose_secret()
         .as_bytes()
         .to_vec();
     let body = fixture("github-issues-labeled.json");
@@ -290,7 +291,7 @@ fn jira_deliveries_are_signed_over_the_raw_body() {
         .secret
         .as_ref()
         .unwrap()
-        .expose()
+        .expose_secret()
         .as_bytes()
         .to_vec();
     let body = fixture("jira-issue-updated-approved.json");
@@ -401,7 +402,7 @@ fn servicenow_deliveries_are_signed_per_standard_webhooks() {
         .secret
         .as_ref()
         .unwrap();
-    let key = whsec_key(secret.expose()).unwrap();
+    let key = whsec_key(secret.expose_secret()).unwrap();
     let body = fixture("servicenow-change-approved.json");
     let now = Utc.with_ymd_and_hms(2026, 11, 25, 9, 58, 13).unwrap();
     let id = "1f0e2c7b47c1a250e0ef563dbb9a7101";

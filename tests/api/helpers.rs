@@ -13,7 +13,7 @@ use warrant::app::{App, Options};
 use warrant::clock::ManualClock;
 use warrant::config::Config;
 use warrant::context::Context;
-use warrant::sources::signature::{sign_hub, sign_standard};
+use warrant::crypto::signature::{sign_hub, sign_standard};
 
 pub const GH_SECRET: &str = "gh-test-secret";
 pub const JIRA_SECRET: &str = "jira-test-secret";
@@ -471,7 +471,7 @@ impl TestApp {
 
     pub async fn post_servicenow(&self, delivery: &str, body: &Value) -> reqwest::Response {
         let raw = serde_json::to_vec(body).unwrap();
-        let key = warrant::config::whsec_key(SN_SECRET).unwrap();
+        let key = warrant::crypto::signature::whsec_key(SN_SECRET).unwrap();
         let ts = self.clock_now().timestamp();
         self.client
             .post(format!("{}/webhooks/servicenow", self.addr))

@@ -84,10 +84,10 @@ async fn github_grant_then_close(backend: Backend) {
         Some(format!("{id}-grant").as_str())
     );
     // The receiver can check the signature with the shared secret.
-    let key = warrant::config::whsec_key(HOOKS_SECRET).unwrap();
+    let key = warrant::crypto::signature::whsec_key(HOOKS_SECRET).unwrap();
     let ts: i64 = call.header("webhook-timestamp").unwrap().parse().unwrap();
     let raw = &call.raw;
-    warrant::sources::signature::verify_standard(
+    warrant::crypto::signature::verify_standard(
         &key,
         call.header("webhook-id"),
         Some(&ts.to_string()),

@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 use serde_json::{json, Value};
-use warrant::sources::signature::{sign_hub, sign_standard};
+use warrant::crypto::signature::{sign_hub, sign_standard};
 
 use crate::helpers::{t0, Backend, TestApp, ADMIN_TOKEN, GH_SECRET, SN_SECRET};
 use crate::payloads::{self, Issue};
@@ -189,7 +189,7 @@ async fn servicenow_standard_webhooks(backend: Backend) {
     };
     let body = payloads::servicenow(&change);
     let raw = serde_json::to_vec(&body).unwrap();
-    let key = warrant::config::whsec_key(SN_SECRET).unwrap();
+    let key = warrant::crypto::signature::whsec_key(SN_SECRET).unwrap();
     let send = |id: &str, ts: i64, sig: String| {
         app.client
             .post(format!("{}/webhooks/servicenow", app.addr))

@@ -1,7 +1,9 @@
-//! Webhook signature checks: the `sha256=HEX` hub signatures of GitHub and
-//! Jira, and Standard Webhooks (`webhook-id`, `webhook-timestamp`,
-//! `webhook-signature: v1,BASE64`) for ServiceNow. Every comparison of a MAC
-//! is constant-time, and no error ever carries a secret or a computed MAC.
+//! Webhook signatures: the `sha256=HEX` hub signatures of GitHub and Jira,
+//! and Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature: v1,BASE64`), checked on ServiceNow's deliveries and
+//! made on the `http` provider's calls, with their `whsec_` secrets. Every
+//! comparison of a MAC is constant-time, and no error ever carries a secret
+//! or a computed MAC.
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -186,6 +188,20 @@ fn parse_unix_seconds(s: &str) -> Option<i64> {
     s.parse().ok()
 }
 
+/// Decodes a Standard Webhooks secret `whsec_BASE64` into its key bytes.
+pub fn whsec_key(secret: &str) -> Result<Vec<u8>, String> {
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or("a Standard Webhooks secret starts with `whsec_`")?;
+    let key = STANDARD
+        .decode(b64)
+        .map_err(|_| "the part after `whsec_` is not base64".to_string())?;
+    if key.len() < 16 {
+        return Err("the secret is shorter than 16 bytes".into());
+    }
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +218,7 @@ mod tests {
     }
 
     fn whsec(s: &str) -> Vec<u8> {
-        crate::config::whsec_key(s).unwrap()
+        whsec_key(s).unwrap()
     }
 
     #[test]

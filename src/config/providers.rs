@@ -1,0 +1,356 @@
+//! The providers (`[providers.NAME]`): one section per configured provider,
+//! its `kind` choosing which struct it is read into, with the secrets each
+//! kind needs and the rules its values must keep. What a provider does with
+//! them lives in `crate::providers`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::Duration;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use super::secrets::{load_secret, redacted, redacted_all};
+use super::{invalid, ConfigDuration, ConfigError, FIELD_MARK};
+use crate::crypto::signature::whsec_key;
+
+#[derive(Debug, Clone)]
+pub enum ProviderConfig {
+    Postgres(PostgresProvider),
+    Http(HttpProvider),
+    GithubTeam(GithubTeamProvider),
+    Token(TokenProvider),
+}
+
+impl<'de> Deserialize<'de> for ProviderConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(_) => {
+                return Err(D::Error::custom(format!(
+                    "{FIELD_MARK}kind: must be a string"
+                )))
+            }
+            None => {
+                return Err(D::Error::custom(
+                    "missing field `kind` (postgres, http, github_team or token)",
+                ))
+            }
+        };
+        fn inner<'a, T: Deserialize<'a>, E: Error>(table: toml::Table) -> Result<T, E> {
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.inner().message();
+                if path == "." {
+                    E::custom(message)
+                } else {
+                    E::custom(format!("{FIELD_MARK}{path}: {message}"))
+                }
+            })
+        }
+        match kind.as_str() {
+            "postgres" => inner(table).map(ProviderConfig::Postgres),
+            "http" => inner(table).map(ProviderConfig::Http),
+            "github_team" => inner(table).map(ProviderConfig::GithubTeam),
+            "token" => inner(table).map(ProviderConfig::Token),
+            other => Err(D::Error::custom(format!(
+                "{FIELD_MARK}kind: unknown provider kind `{}` (postgres, http, github_team or token)",
+                crate::domain::truncate(other, 40)
+            ))),
+        }
+    }
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Postgres(_) => "postgres",
+            ProviderConfig::Http(_) => "http",
+            ProviderConfig::GithubTeam(_) => "github_team",
+            ProviderConfig::Token(_) => "token",
+        }
+    }
+
+    /// The deadline of one call to the provider; `None` for a provider
+    /// that calls nothing outside warrant.
+    pub fn timeout(&self) -> Option<ConfigDuration> {
+        match self {
+            ProviderConfig::Postgres(p) => Some(p.timeout),
+            ProviderConfig::Http(h) => Some(h.timeout),
+            ProviderConfig::GithubTeam(g) => Some(g.timeout),
+            ProviderConfig::Token(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresProvider {
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub url: Option<SecretString>,
+    /// Roles this provider may grant; empty means any role a policy allows.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Roles it may grant although they are, or belong to, a role with
+    /// SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS; any other such role
+    /// is refused at grant time.
+    #[serde(default)]
+    pub allow_privileged: Vec<String>,
+    /// The deadline of one grant or revoke (shorter than `jobs.lease`); on
+    /// the provider's server also the longest a statement, a wait for a
+    /// lock or a wait for a connection may take.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProvider {
+    pub url: String,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub secret: Option<SecretString>,
+    #[serde(default = "default_http_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+fn default_http_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::seconds(5))
+}
+
+fn default_provider_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::seconds(10))
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubTeamProvider {
+    #[serde(default = "super::sources::default_github_api")]
+    pub api_url: String,
+    pub org: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub token: Option<SecretString>,
+    /// The deadline of one grant or revoke; shorter than `jobs.lease`.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenProvider {
+    /// PKCS#8 PEM signing key (P-256 for ES256, or Ed25519 for EdDSA);
+    /// without it a P-256 key is generated and kept in the database.
+    pub key_file: Option<PathBuf>,
+    /// Earlier `key_file`s, still published and accepted after a rotation
+    /// until the credentials they signed have expired.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
+    /// For the generated key: make a new one when it is this old. The old
+    /// one stays published until every credential it signed has expired.
+    /// (One generated key serves every token provider without `key_file`;
+    /// the shortest `rotate_after` among them applies.)
+    pub rotate_after: Option<ConfigDuration>,
+    /// The credentials' `iss`.
+    #[serde(default = "default_token_issuer")]
+    pub issuer: String,
+    /// The contents of `key_file`, read and checked at load.
+    #[serde(skip)]
+    pub key: Option<SecretString>,
+    /// The contents of `previous_key_files`.
+    #[serde(skip)]
+    pub previous_keys: Vec<SecretString>,
+}
+
+fn default_token_issuer() -> String {
+    "warrant".into()
+}
+
+impl fmt::Debug for PostgresProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresProvider")
+            .field("url_env", &self.url_env)
+            .field("url_file", &self.url_file)
+            .field("url", &redacted(&self.url))
+            .field("roles", &self.roles)
+            .field("allow_privileged", &self.allow_privileged)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for HttpProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpProvider")
+            .field("url", &self.url)
+            .field("secret_env", &self.secret_env)
+            .field("secret_file", &self.secret_file)
+            .field("secret", &redacted(&self.secret))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for GithubTeamProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GithubTeamProvider")
+            .field("api_url", &self.api_url)
+            .field("org", &self.org)
+            .field("token_env", &self.token_env)
+            .field("token_file", &self.token_file)
+            .field("token", &redacted(&self.token))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenProvider")
+            .field("key_file", &self.key_file)
+            .field("previous_key_files", &self.previous_key_files)
+            .field("rotate_after", &self.rotate_after)
+            .field("issuer", &self.issuer)
+            .field("key", &redacted(&self.key))
+            .field("previous_keys", &redacted_all(&self.previous_keys))
+            .finish()
+    }
+}
+
+pub(super) fn load_secrets(
+    providers: &mut BTreeMap<String, ProviderConfig>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (name, p) in providers.iter_mut() {
+        let at = format!("providers.{name}");
+        match p {
+            ProviderConfig::Postgres(pg) => {
+                pg.url = Some(load_secret(&at, "url", &pg.url_env, &pg.url_file, env)?);
+            }
+            ProviderConfig::Http(h) => {
+                let secret = load_secret(&at, "secret", &h.secret_env, &h.secret_file, env)?;
+                whsec_key(secret.expose_secret())
+                    .map_err(|m| invalid(format!("{at}.secret_env"), m))?;
+                h.secret = Some(secret);
+            }
+            ProviderConfig::GithubTeam(g) => {
+                g.token = Some(load_secret(&at, "token", &g.token_env, &g.token_file, env)?);
+            }
+            ProviderConfig::Token(t) => {
+                let read = |key: String, path: &Path| -> Result<SecretString, ConfigError> {
+                    let pem = std::fs::read_to_string(path).map_err(|e| {
+                        invalid(&key, format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    crate::crypto::keys::SigningKey::from_pem(&pem)
+                        .map_err(|m| invalid(&key, format!("{}: {m}", path.display())))?;
+                    Ok(SecretString::from(pem))
+                };
+                if let Some(path) = &t.key_file {
+                    t.key = Some(read(format!("{at}.key_file"), path)?);
+                }
+                let mut previous = Vec::new();
+                for (i, path) in t.previous_key_files.iter().enumerate() {
+                    previous.push(read(format!("{at}.previous_key_files[{i}]"), path)?);
+                }
+                t.previous_keys = previous;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Provider names and each kind's own rules.
+pub(super) fn validate(providers: &BTreeMap<String, ProviderConfig>) -> Result<(), ConfigError> {
+    for (name, _) in providers.iter() {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                format!("providers.{name}"),
+                "a provider name is letters, digits, `-` and `_`",
+            ));
+        }
+    }
+    for (name, p) in providers.iter() {
+        if let ProviderConfig::Postgres(pg) = p {
+            let at = format!("providers.{name}");
+            for (key, roles) in [
+                ("roles", &pg.roles),
+                ("allow_privileged", &pg.allow_privileged),
+            ] {
+                for (i, role) in roles.iter().enumerate() {
+                    crate::domain::check_pg_role(role)
+                        .map_err(|m| invalid(format!("{at}.{key}[{i}]"), m))?;
+                }
+            }
+            if pg.timeout.0 > Duration::minutes(10) {
+                return Err(invalid(format!("{at}.timeout"), "is longer than 10m"));
+            }
+        }
+    }
+    for (name, p) in providers.iter() {
+        if let ProviderConfig::Http(h) = p {
+            let ok = url::Url::parse(&h.url)
+                .map(|u| matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(
+                    format!("providers.{name}.url"),
+                    format!("`{}` is not an http(s) URL", h.url),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn validate_tokens(
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> Result<(), ConfigError> {
+    for (name, p) in providers.iter() {
+        if let ProviderConfig::Token(t) = p {
+            if t.issuer.trim().is_empty() {
+                return Err(invalid(format!("providers.{name}.issuer"), "is empty"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A call that outlived its job's lease could overlap the next runner's
+/// call for the same grant.
+pub(super) fn validate_timeouts(
+    providers: &BTreeMap<String, ProviderConfig>,
+    lease: ConfigDuration,
+) -> Result<(), ConfigError> {
+    for (name, p) in providers.iter() {
+        let Some(timeout) = p.timeout() else {
+            continue;
+        };
+        if timeout.0 <= Duration::zero() {
+            return Err(invalid(
+                format!("providers.{name}.timeout"),
+                "must be above 0",
+            ));
+        }
+        if timeout >= lease {
+            return Err(invalid(
+                format!("providers.{name}.timeout"),
+                format!(
+                    "must be shorter than jobs.lease ({})",
+                    crate::domain::format_duration(lease.0)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Cryptography with no notion of tickets or grants: the MACs that sign and
+//! verify webhooks, ours and the sources' (`signature`), and the asymmetric
+//! keys that sign credentials (`keys`). Intake, the `http` provider and the
+//! `token` provider all take their primitives from here, so each rule
+//! (constant-time comparison, header formats, key parsing) exists once.
+
+pub mod keys;
+pub mod signature;
