@@ -1,5 +1,11 @@
-//! Grant rows: what was granted to whom, under which ticket, and where each
-//! grant is in its life. Queries for the API and the engine.
+//! Grants: what was granted to whom, under which ticket, and where each
+//! grant is in its life. The rows and their queries are here; the life
+//! itself (create, step, revoke) is `lifecycle`, used by the engine, CI
+//! grants and the grant job alike.
+
+mod lifecycle;
+
+pub use lifecycle::{create, created, expire, first_run, insert, revoke, step, Revocation, Step};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
