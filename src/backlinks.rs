@@ -9,9 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::context::Context;
+use crate::db::grants::GrantRow;
 use crate::domain::{from_micros, rfc3339, Source, TicketKey};
-use crate::grants::GrantRow;
 use crate::ticket::Snapshot;
 
 /// Attempts before a back-link is dropped (it is a courtesy, not access).
@@ -134,8 +133,12 @@ async fn check(
 }
 
 /// Posts one note. Errors are short and hold no token.
-pub async fn deliver(ctx: &Context, ticket: &str, text: &str) -> Result<(), String> {
-    let (client, config) = (&ctx.http, &*ctx.config);
+pub async fn deliver(
+    client: &reqwest::Client,
+    config: &Config,
+    ticket: &str,
+    text: &str,
+) -> Result<(), String> {
     let key: TicketKey = ticket.parse().map_err(|_| "bad ticket key".to_string())?;
     let enc = crate::domain::path_segment;
     let rest = key

@@ -1,9 +1,10 @@
-//! Grant steps on both backends: a grant's row moves from one state to the
-//! next only if it is still in the first, and its job's row is settled in
-//! the same transaction. On PostgreSQL both rows change in one statement:
-//! a grant step is the commonest write after intake, and each statement is
-//! a round trip inside the batch.
+//! The `grants` table on both backends: the row, its reads, and a step
+//! from one state to the next (taken only if the grant is still in the
+//! first, its job's row settled in the same transaction). On PostgreSQL a
+//! step changes both rows in one statement: it is the commonest write
+//! after intake, and each statement is a round trip inside the batch.
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
@@ -12,7 +13,95 @@ use super::prepared::Statement;
 use super::schema::grants;
 use super::{Conn, StoreError};
 use crate::dispatch;
-use crate::domain::GrantState;
+use crate::domain::{to_micros, GrantState};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, PartialEq, Eq)]
+#[diesel(table_name = grants)]
+pub struct GrantRow {
+    pub id: String,
+    pub ticket: String,
+    pub subject: String,
+    pub account: String,
+    pub resource: String,
+    pub state: String,
+    pub origin: String,
+    pub starts_at: i64,
+    pub expires_at: i64,
+    pub activated_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoke_reason: Option<String>,
+    pub failure: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl GrantRow {
+    pub fn state(&self) -> GrantState {
+        self.state.parse().unwrap_or(GrantState::Failed)
+    }
+}
+
+/// The states in which a grant may still be (or become) applied.
+pub const LIVE: [&str; 3] = ["pending", "granting", "active"];
+
+pub fn get(conn: &mut Conn<'_>, id: &str) -> Result<Option<GrantRow>, StoreError> {
+    Ok(dispatch!(conn, c => grants::table
+        .find(id)
+        .select(GrantRow::as_select())
+        .first(c)
+        .optional())?)
+}
+
+pub fn of_ticket(conn: &mut Conn<'_>, ticket: &str) -> Result<Vec<GrantRow>, StoreError> {
+    Ok(dispatch!(conn, c => grants::table
+        .filter(grants::ticket.eq(ticket))
+        .order(grants::created_at.asc())
+        .select(GrantRow::as_select())
+        .load(c))?)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub ticket: Option<String>,
+    pub subject: Option<String>,
+    pub resource: Option<String>,
+    pub state: Option<GrantState>,
+    /// Active at this instant: activated at or before it, not yet revoked.
+    pub active_at: Option<DateTime<Utc>>,
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+pub fn list(conn: &mut Conn<'_>, f: &Filter) -> Result<Vec<GrantRow>, StoreError> {
+    macro_rules! query {
+        ($c:expr) => {{
+            let mut q = grants::table.select(GrantRow::as_select()).into_boxed();
+            if let Some(t) = &f.ticket {
+                q = q.filter(grants::ticket.eq(t));
+            }
+            if let Some(s) = &f.subject {
+                q = q.filter(grants::subject.eq(s));
+            }
+            if let Some(r) = &f.resource {
+                q = q.filter(grants::resource.eq(r));
+            }
+            if let Some(s) = f.state {
+                q = q.filter(grants::state.eq(s.as_str()));
+            }
+            if let Some(at) = f.active_at {
+                let at = to_micros(at);
+                q = q
+                    .filter(grants::activated_at.le(at))
+                    .filter(grants::revoked_at.is_null().or(grants::revoked_at.gt(at)));
+            }
+            if let Some(after) = &f.after {
+                q = q.filter(grants::id.gt(after));
+            }
+            q.order(grants::id.asc()).limit(f.limit).load($c)
+        }};
+    }
+    Ok(dispatch!(conn, c => query!(c))?)
+}
 
 /// A grant's row moving from one state to the next.
 pub struct GrantMove<'a> {

@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 
 use super::queue::blocking;
 use crate::context::Context;
+use crate::db::grants::GrantRow;
 use crate::db::jobs::{renew, JobRow, Renewal};
-use crate::grants::GrantRow;
 use crate::providers::{self, Action};
 
 /// A claimed job's lease for as long as its run lasts: renewed every

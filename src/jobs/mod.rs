@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::context::Context;
+use crate::db::grants::GrantRow;
 use crate::db::{Conn, StoreError};
-use crate::grants::GrantRow;
 
 pub use crate::db::jobs::{claim, JobRow};
 pub use kinds::grant::sweep;

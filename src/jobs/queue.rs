@@ -11,12 +11,12 @@ use diesel::prelude::*;
 use rand::Rng;
 
 use crate::context::Context;
+use crate::db::grants::GrantRow;
 use crate::db::jobs::{self as rows, JobRow, LeaseClock, Settle};
 use crate::db::schema::grants;
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
 use crate::domain::to_micros;
-use crate::grants::GrantRow;
 
 /// How a job run ends.
 #[derive(Debug)]

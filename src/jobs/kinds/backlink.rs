@@ -72,22 +72,23 @@ impl Job for Backlink {
         let Backlink { ticket, text, .. } = self;
         let job = run.job;
         let now = ctx.clock.now();
-        let (kind, data, finish) = match crate::backlinks::deliver(ctx, &ticket, &text).await {
-            Ok(()) => ("backlink.sent", json!({ "text": text }), Finish::Done),
-            Err(e) if job.attempts + 1 >= crate::backlinks::ATTEMPTS => (
-                "backlink.failed",
-                json!({ "text": text, "error": e, "gave_up": true }),
-                Finish::Done,
-            ),
-            Err(e) => {
-                tracing::warn!(%ticket, error = %e, "back-link not delivered; will retry");
-                return Ok(Finish::At {
-                    run_at: now + backoff(ctx, job.attempts),
-                    attempts: job.attempts + 1,
-                    error: Some(e),
-                });
-            }
-        };
+        let (kind, data, finish) =
+            match crate::backlinks::deliver(&ctx.http, &ctx.config, &ticket, &text).await {
+                Ok(()) => ("backlink.sent", json!({ "text": text }), Finish::Done),
+                Err(e) if job.attempts + 1 >= crate::backlinks::ATTEMPTS => (
+                    "backlink.failed",
+                    json!({ "text": text, "error": e, "gave_up": true }),
+                    Finish::Done,
+                ),
+                Err(e) => {
+                    tracing::warn!(%ticket, error = %e, "back-link not delivered; will retry");
+                    return Ok(Finish::At {
+                        run_at: now + backoff(ctx, job.attempts),
+                        attempts: job.attempts + 1,
+                        error: Some(e),
+                    });
+                }
+            };
         let job = job.clone();
         let key = ticket.clone();
         ctx.commit

@@ -14,10 +14,11 @@ use serde_json::json;
 
 use crate::audit::NewEvent;
 use crate::context::Context;
+use crate::db::grants::GrantRow;
 use crate::db::{Db, StoreError};
 use crate::dispatch;
 use crate::domain::{from_micros, GrantState, RevokeReason};
-use crate::grants::{GrantRow, Step};
+use crate::grants::Step;
 use crate::jobs::lease::call_leased;
 use crate::jobs::queue::{backoff, blocking};
 use crate::jobs::{Finish, Job, JobRow, Run};
@@ -96,7 +97,9 @@ impl Job for GrantJob {
                 Some(g) => g,
                 None => {
                     let gid = id.clone();
-                    match blocking(ctx, move |db| db.read(|c| crate::grants::get(c, &gid))).await? {
+                    match blocking(ctx, move |db| db.read(|c| crate::db::grants::get(c, &gid)))
+                        .await?
+                    {
                         Some(g) => g,
                         None => return Ok(Finish::Done),
                     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use super::{Finish, Job, JobRow, Lease, Run};
 use crate::context::Context;
+use crate::db::grants::GrantRow;
 use crate::db::StoreError;
-use crate::grants::GrantRow;
 
 /// Runs one claimed job as its kind says.
 pub async fn run(
