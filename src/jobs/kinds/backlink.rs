@@ -100,3 +100,30 @@ impl Job for Backlink {
         Ok(Finish::Settled)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlink_rows_are_as_they_were() {
+        let job = Backlink {
+            ticket: "github:o/r#1".into(),
+            text: "hello \"there\"".into(),
+            id: uuid::Uuid::now_v7(),
+        };
+        assert_eq!(Backlink::KIND, "backlink");
+        assert_eq!(job.dedupe_key(), format!("backlink:{}", job.id));
+        assert_eq!(
+            job.payload().unwrap(),
+            json!({ "ticket": "github:o/r#1", "text": "hello \"there\"" }).to_string()
+        );
+        let read = Backlink::decode(&job.payload().unwrap()).unwrap();
+        assert_eq!((read.ticket, read.text), (job.ticket, job.text));
+        let unreadable = Backlink::decode("not json").unwrap();
+        assert_eq!(
+            (unreadable.ticket, unreadable.text),
+            (String::new(), String::new())
+        );
+    }
+}
