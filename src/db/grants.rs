@@ -52,6 +52,14 @@ pub fn get(conn: &mut Conn<'_>, id: &str) -> Result<Option<GrantRow>, StoreError
         .optional())?)
 }
 
+/// The grants with these ids (those that exist), in no order.
+pub fn by_ids(conn: &mut Conn<'_>, ids: &[String]) -> Result<Vec<GrantRow>, StoreError> {
+    Ok(dispatch!(conn, c => grants::table
+        .filter(grants::id.eq_any(ids))
+        .select(GrantRow::as_select())
+        .load(c))?)
+}
+
 pub fn of_ticket(conn: &mut Conn<'_>, ticket: &str) -> Result<Vec<GrantRow>, StoreError> {
     Ok(dispatch!(conn, c => grants::table
         .filter(grants::ticket.eq(ticket))

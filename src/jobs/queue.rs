@@ -7,15 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
-use diesel::prelude::*;
 use rand::Rng;
 
 use crate::context::Context;
 use crate::db::grants::GrantRow;
 use crate::db::jobs::{self as rows, JobRow, LeaseClock, Settle};
-use crate::db::schema::grants;
 use crate::db::{Conn, Db, StoreError};
-use crate::dispatch;
 use crate::domain::to_micros;
 
 /// How a job run ends.
@@ -141,13 +138,10 @@ fn with_grants(
     let mut grants: HashMap<String, GrantRow> = if ids.is_empty() {
         Default::default()
     } else {
-        dispatch!(conn, c => grants::table
-            .filter(grants::id.eq_any(&ids))
-            .select(GrantRow::as_select())
-            .load::<GrantRow>(c))?
-        .into_iter()
-        .map(|g| (g.id.clone(), g))
-        .collect()
+        crate::db::grants::by_ids(conn, &ids)?
+            .into_iter()
+            .map(|g| (g.id.clone(), g))
+            .collect()
     };
     Ok(jobs
         .into_iter()
