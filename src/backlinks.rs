@@ -1,27 +1,23 @@
 //! Back-links: warrant writes what it did on the ticket itself — a GitHub
 //! issue comment, a Jira comment, a ServiceNow work note — so the people
 //! watching the ticket see the grant, its window and why it ended. Sent
-//! from durable jobs with retries; off unless the source has `token_env`.
+//! from durable jobs with retries (`jobs::kinds::backlink`); off unless
+//! the source has `token_env`. This file writes the notes and posts them.
 
 use base64::Engine;
-use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::context::Context;
-use crate::db::{Conn, StoreError};
+use crate::db::grants::GrantRow;
 use crate::domain::{from_micros, rfc3339, Source, TicketKey};
-use crate::grants::GrantRow;
-use crate::jobs;
 use crate::ticket::Snapshot;
-
-pub const KIND: &str = "backlink";
 
 /// Attempts before a back-link is dropped (it is a courtesy, not access).
 pub const ATTEMPTS: i32 = 12;
 
-fn enabled(config: &Config, source: Source) -> bool {
+/// Whether notes go to tickets of this source.
+pub fn enabled(config: &Config, source: Source) -> bool {
     match source {
         Source::Github => config
             .sources
@@ -39,25 +35,6 @@ fn enabled(config: &Config, source: Source) -> bool {
             .as_ref()
             .is_some_and(|s| s.token.is_some()),
     }
-}
-
-/// Schedules a note on the ticket, in the caller's transaction.
-pub fn enqueue(
-    conn: &mut Conn<'_>,
-    config: &Config,
-    now: DateTime<Utc>,
-    ticket: &str,
-    text: &str,
-) -> Result<(), StoreError> {
-    let Ok(key) = ticket.parse::<TicketKey>() else {
-        return Ok(());
-    };
-    if !enabled(config, key.source()) {
-        return Ok(());
-    }
-    let payload = json!({ "ticket": ticket, "text": text }).to_string();
-    let dedupe = format!("backlink:{}", uuid::Uuid::now_v7());
-    jobs::enqueue(conn, KIND, &dedupe, &payload, now, now)
 }
 
 pub fn granted(g: &GrantRow) -> String {
@@ -156,8 +133,12 @@ async fn check(
 }
 
 /// Posts one note. Errors are short and hold no token.
-pub async fn deliver(ctx: &Context, ticket: &str, text: &str) -> Result<(), String> {
-    let (client, config) = (&ctx.http, &*ctx.config);
+pub async fn deliver(
+    client: &reqwest::Client,
+    config: &Config,
+    ticket: &str,
+    text: &str,
+) -> Result<(), String> {
     let key: TicketKey = ticket.parse().map_err(|_| "bad ticket key".to_string())?;
     let enc = crate::domain::path_segment;
     let rest = key

@@ -15,8 +15,10 @@ use crate::db::schema::{decisions, deliveries, grants, tickets};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
 use crate::domain::{rfc3339, to_micros, DenyReason, GrantState, RevokeReason, Source, TicketKey};
+use crate::grants::Revocation;
 use crate::grants::{GrantRow, LIVE};
-use crate::jobs;
+use crate::jobs::kinds::{backlink, grant::GrantJob};
+use crate::jobs::Job;
 use crate::policy::{decide, Decision};
 use crate::sources::Parsed;
 use crate::ticket::{merge, Snapshot};
@@ -457,7 +459,7 @@ fn fold(
         .as_ref()
         .is_none_or(|p| p.request_fingerprint() != snap.request_fingerprint());
     if snap.status == crate::ticket::TicketStatus::Open && unapproved && reread {
-        crate::backlinks::enqueue(conn, config, now, &k, &crate::backlinks::read_back(&snap))?;
+        backlink::enqueue(conn, config, now, &k, &crate::backlinks::read_back(&snap))?;
     }
     if prev_snap.as_ref() != Some(&snap) {
         let json = serde_json::to_string(&snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -483,7 +485,7 @@ fn fold(
     let grants = match t.grants.get(&k) {
         Some(g) => g.clone(),
         None => {
-            insert_grants(conn, &std::mem::take(&mut t.created))?;
+            crate::grants::insert(conn, &std::mem::take(&mut t.created))?;
             crate::grants::of_ticket(conn, &k)?
         }
     };
@@ -572,7 +574,7 @@ fn flush_tickets(conn: &mut Conn<'_>, t: &Tickets) -> Result<(), StoreError> {
     if let Conn::Postgres(c) = conn {
         return flush_postgres(c, t);
     }
-    insert_grants(conn, &t.created)?;
+    crate::grants::insert(conn, &t.created)?;
     let rows: Vec<&TicketRow> = t.dirty.iter().filter_map(|k| t.rows.get(k)).collect();
     if !rows.is_empty() {
         match conn {
@@ -610,7 +612,7 @@ fn flush_tickets(conn: &mut Conn<'_>, t: &Tickets) -> Result<(), StoreError> {
 }
 
 /// `flush_tickets` on PostgreSQL: the new grants, their jobs (scheduled as
-/// `jobs::enqueue_grant` would), the decisions and the tickets in one
+/// `grants::insert` would), the decisions and the tickets in one
 /// statement, each table's rows as column arrays.
 /// Every statement is a round trip (and a parse and a plan) inside the
 /// batch's transaction; this was four.
@@ -625,7 +627,12 @@ fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), Store
     }
     let g = &t.created;
     let d = &t.decisions;
-    crate::db::prepared::Statement::new(
+    let jobs: Vec<GrantJob> = col(g, |r| GrantJob::new(&r.id));
+    let payloads = jobs
+        .iter()
+        .map(Job::payload)
+        .collect::<Result<Vec<_>, _>>()?;
+    let sql = format!(
         "WITH new_grants AS (\
            INSERT INTO grants (id, ticket, subject, account, resource, state, origin, starts_at, \
              expires_at, activated_at, revoked_at, revoke_reason, failure, created_at, updated_at) \
@@ -634,7 +641,7 @@ fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), Store
              $12::text[], $13::text[], $14::bigint[], $15::bigint[])), \
          new_jobs AS (\
            INSERT INTO jobs (kind, dedupe_key, payload, run_at, attempts, version, created_at) \
-           SELECT 'grant', k, p, r, 0, 0, c FROM unnest($16::text[], $17::text[], $18::bigint[], \
+           SELECT '{kind}', k, p, r, 0, 0, c FROM unnest($16::text[], $17::text[], $18::bigint[], \
              $19::bigint[]) AS u(k, p, r, c) \
            ON CONFLICT (dedupe_key) DO UPDATE SET run_at = excluded.run_at, \
              payload = excluded.payload, attempts = 0, last_error = NULL, version = jobs.version + 1), \
@@ -649,40 +656,42 @@ fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), Store
            updated_at = excluded.updated_at \
          WHERE tickets.source_updated_at <= excluded.source_updated_at \
            OR tickets.source_updated_at > $32",
-    )
-    .bind::<Array<Text>, _>(col(g, |r| r.id.clone()))
-    .bind::<Array<Text>, _>(col(g, |r| r.ticket.clone()))
-    .bind::<Array<Text>, _>(col(g, |r| r.subject.clone()))
-    .bind::<Array<Text>, _>(col(g, |r| r.account.clone()))
-    .bind::<Array<Text>, _>(col(g, |r| r.resource.clone()))
-    .bind::<Array<Text>, _>(col(g, |r| r.state.clone()))
-    .bind::<Array<Text>, _>(col(g, |r| r.origin.clone()))
-    .bind::<Array<BigInt>, _>(col(g, |r| r.starts_at))
-    .bind::<Array<BigInt>, _>(col(g, |r| r.expires_at))
-    .bind::<Array<Nullable<BigInt>>, _>(col(g, |r| r.activated_at))
-    .bind::<Array<Nullable<BigInt>>, _>(col(g, |r| r.revoked_at))
-    .bind::<Array<Nullable<Text>>, _>(col(g, |r| r.revoke_reason.clone()))
-    .bind::<Array<Nullable<Text>>, _>(col(g, |r| r.failure.clone()))
-    .bind::<Array<BigInt>, _>(col(g, |r| r.created_at))
-    .bind::<Array<BigInt>, _>(col(g, |r| r.updated_at))
-    .bind::<Array<Text>, _>(col(g, |r| format!("grant:{}", r.id)))
-    .bind::<Array<Text>, _>(col(g, |r| json!({ "grant_id": r.id }).to_string()))
-    .bind::<Array<BigInt>, _>(col(g, |r| r.starts_at.max(r.created_at)))
-    .bind::<Array<BigInt>, _>(col(g, |r| r.created_at))
-    .bind::<Array<Text>, _>(col(d, |r| r.ticket.clone()))
-    .bind::<Array<BigInt>, _>(col(d, |r| r.at))
-    .bind::<Array<Text>, _>(col(d, |r| r.outcome.clone()))
-    .bind::<Array<Nullable<Text>>, _>(col(d, |r| r.reason.clone()))
-    .bind::<Array<Text>, _>(col(d, |r| r.detail.clone()))
-    .bind::<Array<Text>, _>(col(&tickets, |r| r.key.clone()))
-    .bind::<Array<Text>, _>(col(&tickets, |r| r.source.clone()))
-    .bind::<Array<BigInt>, _>(col(&tickets, |r| r.source_updated_at))
-    .bind::<Array<Text>, _>(col(&tickets, |r| r.snapshot.clone()))
-    .bind::<Array<Nullable<Text>>, _>(col(&tickets, |r| r.decision.clone()))
-    .bind::<Array<BigInt>, _>(col(&tickets, |r| r.created_at))
-    .bind::<Array<BigInt>, _>(col(&tickets, |r| r.updated_at))
-    .bind::<BigInt, _>(t.heal_above)
-    .execute(c)?;
+        kind = GrantJob::KIND
+    );
+    crate::db::prepared::Statement::new(&sql)
+        .bind::<Array<Text>, _>(col(g, |r| r.id.clone()))
+        .bind::<Array<Text>, _>(col(g, |r| r.ticket.clone()))
+        .bind::<Array<Text>, _>(col(g, |r| r.subject.clone()))
+        .bind::<Array<Text>, _>(col(g, |r| r.account.clone()))
+        .bind::<Array<Text>, _>(col(g, |r| r.resource.clone()))
+        .bind::<Array<Text>, _>(col(g, |r| r.state.clone()))
+        .bind::<Array<Text>, _>(col(g, |r| r.origin.clone()))
+        .bind::<Array<BigInt>, _>(col(g, |r| r.starts_at))
+        .bind::<Array<BigInt>, _>(col(g, |r| r.expires_at))
+        .bind::<Array<Nullable<BigInt>>, _>(col(g, |r| r.activated_at))
+        .bind::<Array<Nullable<BigInt>>, _>(col(g, |r| r.revoked_at))
+        .bind::<Array<Nullable<Text>>, _>(col(g, |r| r.revoke_reason.clone()))
+        .bind::<Array<Nullable<Text>>, _>(col(g, |r| r.failure.clone()))
+        .bind::<Array<BigInt>, _>(col(g, |r| r.created_at))
+        .bind::<Array<BigInt>, _>(col(g, |r| r.updated_at))
+        .bind::<Array<Text>, _>(col(&jobs, GrantJob::dedupe_key))
+        .bind::<Array<Text>, _>(payloads)
+        .bind::<Array<BigInt>, _>(col(g, crate::grants::first_run))
+        .bind::<Array<BigInt>, _>(col(g, |r| r.created_at))
+        .bind::<Array<Text>, _>(col(d, |r| r.ticket.clone()))
+        .bind::<Array<BigInt>, _>(col(d, |r| r.at))
+        .bind::<Array<Text>, _>(col(d, |r| r.outcome.clone()))
+        .bind::<Array<Nullable<Text>>, _>(col(d, |r| r.reason.clone()))
+        .bind::<Array<Text>, _>(col(d, |r| r.detail.clone()))
+        .bind::<Array<Text>, _>(col(&tickets, |r| r.key.clone()))
+        .bind::<Array<Text>, _>(col(&tickets, |r| r.source.clone()))
+        .bind::<Array<BigInt>, _>(col(&tickets, |r| r.source_updated_at))
+        .bind::<Array<Text>, _>(col(&tickets, |r| r.snapshot.clone()))
+        .bind::<Array<Nullable<Text>>, _>(col(&tickets, |r| r.decision.clone()))
+        .bind::<Array<BigInt>, _>(col(&tickets, |r| r.created_at))
+        .bind::<Array<BigInt>, _>(col(&tickets, |r| r.updated_at))
+        .bind::<BigInt, _>(t.heal_above)
+        .execute(c)?;
     Ok(())
 }
 
@@ -728,6 +737,15 @@ pub fn load_ticket(conn: &mut Conn<'_>, key: &str) -> Result<Option<TicketRow>, 
         .optional())?)
 }
 
+/// The engine's own revocation: a decision no longer warrants the grant.
+fn warrant(reason: RevokeReason) -> Revocation<'static> {
+    Revocation {
+        reason,
+        actor: "warrant",
+        note: None,
+    }
+}
+
 /// Re-decides one stored ticket now (timers, `warrant reconcile`, config changes).
 pub fn reconcile_ticket(
     db: &Db,
@@ -755,7 +773,7 @@ pub fn reconcile_ticket(
             &mut created,
             &mut events,
         )?;
-        insert_grants(conn, &created)?;
+        crate::grants::insert(conn, &created)?;
         if let Some(nd) = decided {
             save_decisions(conn, std::slice::from_ref(&nd.row))?;
             dispatch!(conn, c => diesel::update(tickets::table.find(key))
@@ -822,7 +840,7 @@ struct Decided {
 /// Moves the ticket's grants (`all`, as stored) toward the decision, writing
 /// inside the caller's transaction; answers the decision if it is new, for
 /// the caller to store. New grants go to `created`, for the caller to insert
-/// with `insert_grants` (a batch inserts all of its own at once).
+/// with `grants::insert` (a batch inserts all of its own at once).
 #[allow(clippy::too_many_arguments)]
 fn reconcile_with(
     conn: &mut Conn<'_>,
@@ -847,13 +865,11 @@ fn reconcile_with(
         if let Err(d) =
             crate::ci::decide::still_warranted(snap, config, now, &g.subject, &g.resource)
         {
-            revoke(
+            crate::grants::revoke(
                 conn,
                 config,
                 g,
-                d.reason.revoke_reason(),
-                "warrant",
-                None,
+                warrant(d.reason.revoke_reason()),
                 now,
                 events,
             )?;
@@ -865,13 +881,11 @@ fn reconcile_with(
             for g in &live {
                 let same = g.origin == w.origin && g.subject == w.subject && g.resource == resource;
                 if !same {
-                    revoke(
+                    crate::grants::revoke(
                         conn,
                         config,
                         g,
-                        RevokeReason::RequestChanged,
-                        "warrant",
-                        None,
+                        warrant(RevokeReason::RequestChanged),
                         now,
                         events,
                     )?;
@@ -903,7 +917,7 @@ fn reconcile_with(
                     created_at: to_micros(now),
                     updated_at: to_micros(now),
                 };
-                events.push(grant_created(
+                events.push(crate::grants::created(
                     &row,
                     json!({ "policy": w.policy, "approver": w.approver }),
                 ));
@@ -912,13 +926,11 @@ fn reconcile_with(
         }
         Decision::Deny { reason, .. } => {
             for g in &live {
-                revoke(
+                crate::grants::revoke(
                     conn,
                     config,
                     g,
-                    reason.revoke_reason(),
-                    "warrant",
-                    None,
+                    warrant(reason.revoke_reason()),
                     now,
                     events,
                 )?;
@@ -926,49 +938,6 @@ fn reconcile_with(
         }
     }
     Ok(decided)
-}
-
-/// Inserts a grant with its job and audit event.
-pub fn create_grant(
-    conn: &mut Conn<'_>,
-    row: &GrantRow,
-    events: &mut Vec<NewEvent>,
-    extra: serde_json::Value,
-) -> Result<(), StoreError> {
-    insert_grants(conn, std::slice::from_ref(row))?;
-    events.push(grant_created(row, extra));
-    Ok(())
-}
-
-fn grant_created(row: &GrantRow, extra: serde_json::Value) -> NewEvent {
-    NewEvent::new(
-        "grant.created",
-        "warrant",
-        json!({
-            "subject": row.subject, "account": row.account, "resource": row.resource,
-            "state": row.state, "starts_at": rfc3339(crate::domain::from_micros(row.starts_at)),
-            "expires_at": rfc3339(crate::domain::from_micros(row.expires_at)), "detail": extra,
-        }),
-    )
-    .ticket(&row.ticket)
-    .grant(&row.id)
-}
-
-/// Inserts new grants and schedules each one's job at its start (or at its
-/// creation, if it has started). A batch's grants on PostgreSQL are written
-/// by `flush_postgres` instead; this serves single grants and SQLite.
-fn insert_grants(conn: &mut Conn<'_>, rows: &[GrantRow]) -> Result<(), StoreError> {
-    for r in rows {
-        dispatch!(conn, c => diesel::insert_into(grants::table).values(r).execute(c))?;
-        let run_at = crate::domain::from_micros(r.starts_at.max(r.created_at));
-        jobs::enqueue_grant(
-            conn,
-            &r.id,
-            run_at,
-            crate::domain::from_micros(r.created_at),
-        )?;
-    }
-    Ok(())
 }
 
 fn record_decision(
@@ -1015,7 +984,7 @@ fn record_decision(
     // "Not approved yet" and "closed" are the ticket's own state, not news.
     if let Decision::Deny { reason, detail } = decision {
         if !matches!(reason, DenyReason::NotApproved | DenyReason::TicketClosed) {
-            crate::backlinks::enqueue(
+            backlink::enqueue(
                 conn,
                 config,
                 now,
@@ -1036,70 +1005,6 @@ fn record_decision(
     }))
 }
 
-/// Starts revoking a live grant. A pending grant was never applied, so it
-/// is revoked at once; any other goes to `revoking` and its job runs now.
-#[allow(clippy::too_many_arguments)]
-pub fn revoke(
-    conn: &mut Conn<'_>,
-    config: &Config,
-    g: &GrantRow,
-    reason: RevokeReason,
-    actor: &str,
-    note: Option<&str>,
-    now: DateTime<Utc>,
-    events: &mut Vec<NewEvent>,
-) -> Result<bool, StoreError> {
-    let at = to_micros(now);
-    let (to, revoked_at) = if g.state() == GrantState::Pending {
-        (GrantState::Revoked, Some(at))
-    } else {
-        (GrantState::Revoking, None)
-    };
-    let changed = dispatch!(conn, c => diesel::update(grants::table.find(&g.id))
-        .filter(grants::state.eq_any(LIVE))
-        .set((
-            grants::state.eq(to.as_str()),
-            grants::revoke_reason.eq(reason.as_str()),
-            grants::revoked_at.eq(revoked_at),
-            grants::updated_at.eq(at),
-        ))
-        .execute(c))?;
-    if changed == 0 {
-        return Ok(false);
-    }
-    events.push(
-        NewEvent::new(
-            "revoke.requested",
-            actor,
-            json!({ "reason": reason, "from": g.state, "note": note }),
-        )
-        .ticket(&g.ticket)
-        .grant(&g.id),
-    );
-    if to == GrantState::Revoked {
-        jobs::delete_grant_job(conn, &g.id)?;
-        crate::backlinks::enqueue(
-            conn,
-            config,
-            now,
-            &g.ticket,
-            &crate::backlinks::revoked(g, reason.as_str()),
-        )?;
-        events.push(
-            NewEvent::new(
-                "grant.revoked",
-                actor,
-                json!({ "reason": reason, "applied": false }),
-            )
-            .ticket(&g.ticket)
-            .grant(&g.id),
-        );
-    } else {
-        jobs::enqueue_grant(conn, &g.id, now, now)?;
-    }
-    Ok(true)
-}
-
 /// An operator's revocation, through the API or the CLI.
 pub fn revoke_by_hand(
     db: &Db,
@@ -1116,7 +1021,12 @@ pub fn revoke_by_hand(
         };
         let mut events = Vec::new();
         if g.state().is_live() {
-            revoke(conn, config, &g, reason, actor, note, now, &mut events)?;
+            let why = Revocation {
+                reason,
+                actor,
+                note,
+            };
+            crate::grants::revoke(conn, config, &g, why, now, &mut events)?;
         } else {
             events.push(
                 NewEvent::new(

@@ -262,7 +262,7 @@ pub struct Seed {
 }
 
 /// Inserts one set of grants (and, for live ones, their jobs, as
-/// `engine::create_grant` and `jobs::enqueue_grant` write them) in one
+/// `grants::insert` writes them) in one
 /// statement each.
 pub fn seed(conn: &mut AnyConn, s: &Seed, now_us: i64) {
     let prefix = grant_prefix(s.set);

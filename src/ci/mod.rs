@@ -1,7 +1,7 @@
 //! CI deploy rights: a pipeline presents its OIDC token (`oidc`), a
 //! `[[ci.trust]]` rule names it as a CI principal, and its ticket must
 //! warrant the asked resource for that principal now (`decide`). The grant
-//! is then made like any other, through `engine::create_grant`, in one
+//! is then made like any other, through `grants::create`, in one
 //! transaction with its audit events, so its job applies it at the provider.
 //!
 //! One pipeline run gets one grant per resource: the run's identity is in
@@ -20,7 +20,7 @@ use crate::db::{Db, StoreError};
 use crate::domain::{
     format_duration, from_micros, rfc3339, to_micros, GrantState, Resource, RevokeReason, TicketKey,
 };
-use crate::grants::GrantRow;
+use crate::grants::{GrantRow, Revocation};
 use crate::ticket::Snapshot;
 
 use decide::{claim_text, Ask, CiDenial, CiReason};
@@ -223,7 +223,7 @@ fn request_once(
             }),
         )
         .grant(&row.id)];
-        crate::engine::create_grant(
+        crate::grants::create(
             conn,
             &row,
             &mut events,
@@ -273,16 +273,12 @@ pub fn release(
         .ticket(&g.ticket)
         .grant(&g.id)];
         if g.state().is_live() {
-            crate::engine::revoke(
-                conn,
-                config,
-                &g,
-                RevokeReason::CiDone,
-                &g.subject,
-                None,
-                now,
-                &mut events,
-            )?;
+            let why = Revocation {
+                reason: RevokeReason::CiDone,
+                actor: &g.subject,
+                note: None,
+            };
+            crate::grants::revoke(conn, config, &g, why, now, &mut events)?;
         }
         audit::append(conn, now, events)?;
         Ok(Released::Done(Box::new(

@@ -20,9 +20,9 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::{Config, ProviderConfig};
+use crate::db::grants::GrantRow;
 use crate::domain::Resource;
 use crate::domain::{from_micros, rfc3339};
-use crate::grants::GrantRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -24,11 +24,11 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{Config, ProviderConfig};
 use crate::crypto::keys::SigningKey;
+use crate::db::grants::GrantRow;
 use crate::db::schema::signing_keys;
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
 use crate::domain::{from_micros, to_micros, GrantState};
-use crate::grants::GrantRow;
 
 /// Keeps two replicas from generating two keys at once (PostgreSQL).
 const KEY_LOCK: i64 = 7_426_210_002;
@@ -355,7 +355,7 @@ impl KeyRing {
         {
             return Ok(None);
         }
-        let Some(g) = db.read(|conn| crate::grants::get(conn, &grant_id))? else {
+        let Some(g) = db.read(|conn| crate::db::grants::get(conn, &grant_id))? else {
             return Ok(None);
         };
         let live = matches!(g.state(), GrantState::Active | GrantState::Granting);

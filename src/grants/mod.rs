@@ -1,0 +1,53 @@
+//! Grants: what was granted to whom, under which ticket, and where each
+//! grant is in its life. The life itself (create, step, revoke) is
+//! `lifecycle`, used by the engine, CI grants and the grant job alike; the
+//! rows and their queries are `db::grants` (re-exported here); the API's
+//! view of a grant is `Grant`.
+
+mod lifecycle;
+
+pub use lifecycle::{create, created, expire, first_run, insert, revoke, step, Revocation, Step};
+
+use serde::Serialize;
+
+pub use crate::db::grants::{get, list, of_ticket, Filter, GrantRow, LIVE};
+use crate::domain::{from_micros, rfc3339};
+
+/// A grant as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grant {
+    pub id: String,
+    pub ticket: String,
+    pub subject: String,
+    pub account: String,
+    pub resource: String,
+    pub state: String,
+    pub starts_at: String,
+    pub expires_at: String,
+    pub activated_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub revoke_reason: Option<String>,
+    pub failure: Option<String>,
+    pub created_at: String,
+}
+
+impl From<GrantRow> for Grant {
+    fn from(r: GrantRow) -> Self {
+        let t = |us: i64| rfc3339(from_micros(us));
+        Grant {
+            id: r.id,
+            ticket: r.ticket,
+            subject: r.subject,
+            account: r.account,
+            resource: r.resource,
+            state: r.state,
+            starts_at: t(r.starts_at),
+            expires_at: t(r.expires_at),
+            activated_at: r.activated_at.map(t),
+            revoked_at: r.revoked_at.map(t),
+            revoke_reason: r.revoke_reason,
+            failure: r.failure,
+            created_at: t(r.created_at),
+        }
+    }
+}
