@@ -11,10 +11,11 @@ use crate::api::auth::Caller;
 use crate::api::error::{blocking, ApiError};
 use crate::api::AppState;
 use crate::audit::{Event, EventRow};
-use crate::db::schema::{audit_events, decisions};
+use crate::db;
+use crate::db::schema::audit_events;
 use crate::dispatch;
 use crate::domain::{from_micros, rfc3339, GrantState, RevokeReason, TicketKey};
-use crate::engine::{self, DecisionRow};
+use crate::engine;
 use crate::grants::{self, Filter, Grant};
 use crate::ticket::Snapshot;
 
@@ -172,14 +173,10 @@ async fn ticket(
     let k = key.to_string();
     let found = blocking(move || {
         Ok(st.ctx.db.read(|conn| {
-            let Some(row) = engine::load_ticket(conn, &k)? else {
+            let Some(row) = db::tickets::load(conn, &k)? else {
                 return Ok(None);
             };
-            let decisions: Vec<DecisionRow> = dispatch!(conn, c => decisions::table
-                .filter(decisions::ticket.eq(&k))
-                .order(decisions::id.asc())
-                .select(DecisionRow::as_select())
-                .load(c))?;
+            let decisions = db::tickets::decisions_of(conn, &k)?;
             let grants = grants::of_ticket(conn, &k)?;
             let events: Vec<EventRow> = dispatch!(conn, c => audit_events::table
                 .filter(audit_events::ticket.eq(&k))
