@@ -13,7 +13,6 @@ use crate::audit::{self, NewEvent};
 use crate::config::Config;
 use crate::db::deliveries::{self, NewDelivery};
 use crate::db::schema::grants;
-pub use crate::db::tickets::DecisionRow;
 use crate::db::tickets::{self, NewDecision, TicketRow};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;

@@ -3,17 +3,14 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::auth::Caller;
 use crate::api::error::{blocking, ApiError};
 use crate::api::AppState;
-use crate::audit::{Event, EventRow};
+use crate::audit::Event;
 use crate::db;
-use crate::db::schema::audit_events;
-use crate::dispatch;
 use crate::domain::{from_micros, rfc3339, GrantState, RevokeReason, TicketKey};
 use crate::engine;
 use crate::grants::{self, Filter, Grant};
@@ -178,12 +175,7 @@ async fn ticket(
             };
             let decisions = db::tickets::decisions_of(conn, &k)?;
             let grants = grants::of_ticket(conn, &k)?;
-            let events: Vec<EventRow> = dispatch!(conn, c => audit_events::table
-                .filter(audit_events::ticket.eq(&k))
-                .order(audit_events::seq.asc())
-                .limit(10_000)
-                .select(EventRow::as_select())
-                .load(c))?;
+            let events = db::audit::of_ticket(conn, &k, 10_000)?;
             Ok(Some((row, decisions, grants, events)))
         })?)
     })
