@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod deliveries;
+pub mod keys;
 pub mod prepared;
 pub mod schema;
 pub mod tickets;
