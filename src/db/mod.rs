@@ -245,6 +245,15 @@ impl Db {
         }
     }
 
+    /// How many writers may usefully work at once, of `wanted`: SQLite
+    /// has one writer, so more would only queue.
+    pub fn writers(&self, wanted: usize) -> usize {
+        match self.pool {
+            Pool::Sqlite(..) => 1,
+            Pool::Postgres(_) => wanted.max(1),
+        }
+    }
+
     /// Applies the embedded migrations for this backend; returns how many ran.
     pub fn migrate(&self) -> Result<usize, StoreError> {
         match &self.pool {
