@@ -4,14 +4,12 @@
 //! deleting, inserting or reordering any row breaks verification there.
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::db::schema::{audit_events, audit_head};
+use crate::db::audit::{self as store, Start};
 use crate::db::{Conn, Db, StoreError};
-use crate::dispatch;
 use crate::domain::{from_micros, rfc3339, to_micros};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -46,19 +44,7 @@ impl NewEvent {
     }
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = audit_events)]
-pub struct EventRow {
-    pub seq: i64,
-    pub at: i64,
-    pub type_: String,
-    pub ticket: Option<String>,
-    pub grant_id: Option<String>,
-    pub actor: String,
-    pub data: String,
-    pub prev_hash: String,
-    pub hash: String,
-}
+pub use crate::db::audit::EventRow;
 
 /// An event as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -157,19 +143,9 @@ pub fn append_each(
     if groups.iter().all(|(_, events)| events.is_empty()) {
         return Ok(());
     }
-    let head: (i64, String) = match conn {
-        Conn::Postgres(c) => audit_head::table
-            .filter(audit_head::id.eq(1))
-            .select((audit_head::seq, audit_head::hash))
-            .for_update()
-            .first(&mut **c)?,
-        Conn::Sqlite(c) => audit_head::table
-            .filter(audit_head::id.eq(1))
-            .select((audit_head::seq, audit_head::hash))
-            .first(&mut **c)?,
-    };
+    let head = store::head_for_update(conn)?;
     let (rows, (seq, prev)) = chain(head, groups);
-    write_rows(conn, &rows, seq, &prev)
+    store::write_rows(conn, &rows, seq, &prev)
 }
 
 /// The events as rows chained on from `head`, and the new head.
@@ -202,23 +178,6 @@ fn chain(
     (rows, (seq, prev))
 }
 
-/// Inserts chained rows and moves the head (locked by the caller) to them.
-fn write_rows(
-    conn: &mut Conn<'_>,
-    rows: &[EventRow],
-    seq: i64,
-    prev: &str,
-) -> Result<(), StoreError> {
-    // Bound each statement's parameters (SQLite allows 32,766).
-    for chunk in rows.chunks(500) {
-        dispatch!(conn, c => diesel::insert_into(audit_events::table).values(chunk).execute(c))?;
-    }
-    dispatch!(conn, c => diesel::update(audit_head::table.filter(audit_head::id.eq(1)))
-        .set((audit_head::seq.eq(seq), audit_head::hash.eq(prev)))
-        .execute(c))?;
-    Ok(())
-}
-
 /// The chain's head as a batch writer last committed it. Writers that take
 /// it hold it until their commit, so the next one starts from the right
 /// head without reading it; a head another process or writer moved
@@ -244,47 +203,22 @@ pub fn append_guessing(
     if groups.iter().all(|(_, events)| events.is_empty()) {
         return Ok(guess);
     }
-    let Conn::Postgres(c) = conn else {
-        append_each(conn, groups)?;
-        return Ok(None);
+    let guessed = match store::start(conn, guess)? {
+        Start::Read(head) => {
+            let (rows, (seq, prev)) = chain(head, groups);
+            store::write_rows(conn, &rows, seq, &prev)?;
+            return Ok(None);
+        }
+        // With nothing to go on, the first guess is the genesis; a wrong
+        // one costs a statement that writes nothing.
+        Start::Guessed(guess) => guess.unwrap_or_else(|| (0, GENESIS.to_string())),
     };
-    // With nothing to go on, the first guess is the genesis; a wrong one
-    // costs a statement that writes nothing.
-    let guessed = guess.unwrap_or_else(|| (0, GENESIS.to_string()));
     let (mut rows, head) = chain(guessed.clone(), groups);
-    use diesel::sql_types::{Array, BigInt, Nullable, Text};
-    let col = |f: fn(&EventRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    let written = crate::db::prepared::Statement::new(
-        "WITH moved AS (UPDATE audit_head SET seq = $1, hash = $2 \
-         WHERE id = 1 AND seq = $3 AND hash = $4 RETURNING 1) \
-         INSERT INTO audit_events (seq, at, type, ticket, grant_id, actor, data, prev_hash, hash) \
-         SELECT * FROM unnest($5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], \
-         $10::text[], $11::text[], $12::text[], $13::text[]) WHERE EXISTS (SELECT 1 FROM moved)",
-    )
-    .bind::<BigInt, _>(head.0)
-    .bind::<Text, _>(&head.1)
-    .bind::<BigInt, _>(guessed.0)
-    .bind::<Text, _>(&guessed.1)
-    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.seq).collect::<Vec<i64>>())
-    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.at).collect::<Vec<i64>>())
-    .bind::<Array<Text>, _>(col(|r| r.type_.clone()))
-    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.ticket.clone()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.grant_id.clone()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(col(|r| r.actor.clone()))
-    .bind::<Array<Text>, _>(col(|r| r.data.clone()))
-    .bind::<Array<Text>, _>(col(|r| r.prev_hash.clone()))
-    .bind::<Array<Text>, _>(col(|r| r.hash.clone()))
-    .execute(&mut **c)?;
-    if written == rows.len() {
+    if store::write_if_head(conn, &guessed, &head, &rows)? {
         return Ok(Some(head));
     }
     // Nothing was written: the head had moved on.
-    let current: (i64, String) = audit_head::table
-        .filter(audit_head::id.eq(1))
-        .select((audit_head::seq, audit_head::hash))
-        .for_update()
-        .first(&mut **c)?;
-    let (mut seq, mut prev) = current;
+    let (mut seq, mut prev) = store::head_for_update(conn)?;
     for row in &mut rows {
         seq += 1;
         row.seq = seq;
@@ -292,7 +226,7 @@ pub fn append_guessing(
         row.hash = event_hash(&row.prev_hash, row);
         prev = row.hash.clone();
     }
-    write_rows(conn, &rows, seq, &prev)?;
+    store::write_rows(conn, &rows, seq, &prev)?;
     Ok(Some((seq, prev)))
 }
 
@@ -312,33 +246,18 @@ pub struct Verification {
 /// holds past the head was not written by an append (which moves the head
 /// in the same transaction), and is a break.
 pub fn verify(db: &Db) -> Result<Verification, StoreError> {
-    db.read(|conn| match conn {
-        Conn::Postgres(c) => c
-            .build_transaction()
-            .repeatable_read()
-            .read_only()
-            .run(|c| verify_in(&mut Conn::Postgres(c))),
-        Conn::Sqlite(c) => c.transaction(|c| verify_in(&mut Conn::Sqlite(c))),
-    })
+    store::in_snapshot(db, verify_in)
 }
 
 /// `verify` inside its snapshot.
 fn verify_in(conn: &mut Conn<'_>) -> Result<Verification, StoreError> {
-    let (head_seq, head_hash): (i64, String) = dispatch!(conn, c => audit_head::table
-        .filter(audit_head::id.eq(1))
-        .select((audit_head::seq, audit_head::hash))
-        .first(c))?;
+    let (head_seq, head_hash) = store::head(conn)?;
     let mut expected_seq = 1i64;
     let mut prev = GENESIS.to_string();
     let mut count = 0i64;
     let mut after = 0i64;
     loop {
-        let page: Vec<EventRow> = dispatch!(conn, c => audit_events::table
-            .filter(audit_events::seq.gt(after))
-            .order(audit_events::seq.asc())
-            .limit(2000)
-            .select(EventRow::as_select())
-            .load(c))?;
+        let page = store::after(conn, after, 2000)?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for row in &page {

@@ -483,12 +483,12 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
             {
                 return ExitCode::from(1);
             }
-            let mut f = crate::api::audit::AuditFilter {
+            let mut f = crate::db::audit::Filter {
                 limit: 1000,
                 ..Default::default()
             };
             loop {
-                let rows = match crate::api::audit::page(&db, &f) {
+                let rows = match crate::db::audit::page(&db, &f) {
                     Ok(r) => r,
                     Err(e) => return fail(e),
                 };

@@ -116,11 +116,7 @@ impl Committer {
         metrics: Arc<Metrics>,
         health: &Health,
     ) -> Committer {
-        let lanes = if db.backend() == "sqlite" {
-            1
-        } else {
-            lanes.max(1)
-        };
+        let lanes = db.writers(lanes);
         let guess = Arc::new(audit::Guess::default());
         let senders = (0..lanes)
             .map(|i| {

@@ -3,7 +3,7 @@
 //! reconciled to what `policy::decide` says the snapshot warrants. Grant
 //! rows, their jobs and audit events are written in one transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -11,7 +11,9 @@ use serde_json::json;
 
 use crate::audit::{self, NewEvent};
 use crate::config::Config;
-use crate::db::schema::{decisions, deliveries, grants, tickets};
+use crate::db::deliveries::{self, NewDelivery};
+use crate::db::schema::grants;
+use crate::db::tickets::{self, NewDecision, TicketRow};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
 use crate::domain::{rfc3339, to_micros, DenyReason, GrantState, RevokeReason, Source, TicketKey};
@@ -39,55 +41,11 @@ pub enum Outcome {
     Ignored(Option<TicketKey>),
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = tickets)]
-pub struct TicketRow {
-    pub key: String,
-    pub source: String,
-    pub source_updated_at: i64,
-    pub snapshot: String,
-    pub decision: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = decisions)]
-pub struct DecisionRow {
-    pub id: i64,
-    pub ticket: String,
-    pub at: i64,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub detail: String,
-}
-
 /// What one delivery came to, and whether it scheduled job work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
     pub outcome: Outcome,
     pub queued: bool,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = deliveries)]
-struct DeliveryRow<'a> {
-    source: &'a str,
-    delivery_id: &'a str,
-    received_at: i64,
-    body_sha256: &'a str,
-    ticket: Option<String>,
-    outcome: &'static str,
-}
-
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = decisions)]
-pub struct NewDecision {
-    pub ticket: String,
-    pub at: i64,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub detail: String,
 }
 
 /// The batch's view of its tickets: read once, changed in memory, written
@@ -138,7 +96,7 @@ pub fn ingest_batch(
             continue;
         }
         firsts.insert((d.source.as_str(), d.id.as_str()), i);
-        rows.push(DeliveryRow {
+        rows.push(NewDelivery {
             source: d.source.as_str(),
             delivery_id: &d.id,
             received_at: to_micros(*now),
@@ -154,7 +112,7 @@ pub fn ingest_batch(
             },
         });
     }
-    let inserted = insert_deliveries(conn, &rows)?;
+    let inserted = deliveries::insert_new(conn, &rows)?;
     let fresh: Vec<bool> = items
         .iter()
         .enumerate()
@@ -174,7 +132,7 @@ pub fn ingest_batch(
             )
         })
         .collect();
-    let earlier: Vec<&DeliveryRow<'_>> = rows
+    let earlier: Vec<&NewDelivery<'_>> = rows
         .iter()
         .filter(|r| !inserted.contains(&(r.source.to_string(), r.delivery_id.to_string())))
         .collect();
@@ -183,11 +141,7 @@ pub fn ingest_batch(
         let mut sources: Vec<&str> = earlier.iter().map(|r| r.source).collect();
         sources.sort_unstable();
         sources.dedup();
-        let stored: Vec<(String, String, Option<String>)> = dispatch!(conn, c => deliveries::table
-            .filter(deliveries::source.eq_any(&sources))
-            .filter(deliveries::delivery_id.eq_any(&ids))
-            .select((deliveries::source, deliveries::delivery_id, deliveries::ticket))
-            .load(c))?;
+        let stored = deliveries::tickets_of(conn, &sources, &ids)?;
         seen.extend(stored.into_iter().map(|(s, i, t)| ((s, i), t)));
     }
 
@@ -212,8 +166,8 @@ pub fn ingest_batch(
         // Read, decide and write under the tickets' locks, so another
         // replica folding a delivery of the same ticket waits for this
         // batch's commit instead of deciding on what it overwrites.
-        crate::db::tickets::lock(conn, &keys)?;
-        let (loaded, grants) = tickets_with_grants(conn, &keys)?;
+        tickets::lock(conn, &keys)?;
+        let (loaded, grants) = tickets::with_grants(conn, &keys)?;
         t.rows = loaded.into_iter().map(|r| (r.key.clone(), r)).collect();
         for k in &keys {
             t.grants.entry(k.clone()).or_default();
@@ -241,133 +195,25 @@ pub fn ingest_batch(
             .any(|e| matches!(e.kind, "grant.created" | "revoke.requested" | "decision"));
         out.push((Ingested { outcome, queued }, events));
     }
-    flush_tickets(conn, &t)?;
-    Ok(out)
-}
-
-/// The stored tickets among `keys` and all their grants (oldest first). On
-/// PostgreSQL one statement: each ticket's row beside each of its grants.
-fn tickets_with_grants(
-    conn: &mut Conn<'_>,
-    keys: &[String],
-) -> Result<(Vec<TicketRow>, Vec<GrantRow>), StoreError> {
-    use diesel::sql_types::{Array, BigInt, Nullable, Text};
-    #[derive(QueryableByName)]
-    struct Joined {
-        #[diesel(sql_type = Nullable<Text>)]
-        t_key: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        t_source: Option<String>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        t_source_updated_at: Option<i64>,
-        #[diesel(sql_type = Nullable<Text>)]
-        t_snapshot: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        t_decision: Option<String>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        t_created_at: Option<i64>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        t_updated_at: Option<i64>,
-        #[diesel(sql_type = Nullable<Text>)]
-        id: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        ticket: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        subject: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        account: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        resource: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        state: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        origin: Option<String>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        starts_at: Option<i64>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        expires_at: Option<i64>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        activated_at: Option<i64>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        revoked_at: Option<i64>,
-        #[diesel(sql_type = Nullable<Text>)]
-        revoke_reason: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        failure: Option<String>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        created_at: Option<i64>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        updated_at: Option<i64>,
-    }
-    let Conn::Postgres(c) = conn else {
-        let tickets: Vec<TicketRow> = dispatch!(conn, c => tickets::table
-            .filter(tickets::key.eq_any(keys))
-            .select(TicketRow::as_select())
-            .load(c))?;
-        let grants: Vec<GrantRow> = dispatch!(conn, c => grants::table
-            .filter(grants::ticket.eq_any(keys))
-            .order(grants::created_at.asc())
-            .select(GrantRow::as_select())
-            .load(c))?;
-        return Ok((tickets, grants));
+    let jobs: Vec<GrantJob> = t.created.iter().map(|g| GrantJob::new(&g.id)).collect();
+    let grant_jobs = tickets::GrantJobs {
+        kind: GrantJob::KIND,
+        dedupe_keys: jobs.iter().map(GrantJob::dedupe_key).collect(),
+        payloads: jobs.iter().map(Job::payload).collect::<Result<_, _>>()?,
+        run_at: t.created.iter().map(crate::grants::first_run).collect(),
     };
-    let mut keys = keys.to_vec();
-    keys.sort_unstable();
-    keys.dedup();
-    // Grants are probed one ticket at a time. `ticket = ANY($1)` is
-    // estimated at 0.5% of the table per key until the table is analyzed,
-    // which made a batch of twenty keys scan a table of a few thousand
-    // grants whole (1 ms a batch); `OFFSET 0` keeps the planner from
-    // flattening the lateral back into that join.
-    let joined: Vec<Joined> = crate::db::prepared::Statement::new(
-        "SELECT t.key AS t_key, t.source AS t_source, t.source_updated_at AS t_source_updated_at, \
-           t.snapshot AS t_snapshot, t.decision AS t_decision, t.created_at AS t_created_at, \
-           t.updated_at AS t_updated_at, g.* \
-         FROM unnest($1::text[]) AS k(key) \
-         LEFT JOIN tickets t ON t.key = k.key \
-         LEFT JOIN LATERAL (SELECT * FROM grants WHERE ticket = k.key OFFSET 0) g ON true \
-         ORDER BY g.created_at",
-    )
-    .bind::<Array<Text>, _>(&keys)
-    .load(&mut **c)?;
-    let mut tickets: HashMap<String, TicketRow> = HashMap::new();
-    let mut grants = Vec::new();
-    let missing = |what: &str| StoreError::Corrupt(format!("a joined {what} column is null"));
-    for j in joined {
-        if let Some(key) = j.t_key {
-            if let std::collections::hash_map::Entry::Vacant(slot) = tickets.entry(key.clone()) {
-                slot.insert(TicketRow {
-                    key,
-                    source: j.t_source.ok_or_else(|| missing("ticket"))?,
-                    source_updated_at: j.t_source_updated_at.ok_or_else(|| missing("ticket"))?,
-                    snapshot: j.t_snapshot.ok_or_else(|| missing("ticket"))?,
-                    decision: j.t_decision,
-                    created_at: j.t_created_at.ok_or_else(|| missing("ticket"))?,
-                    updated_at: j.t_updated_at.ok_or_else(|| missing("ticket"))?,
-                });
-            }
-        }
-        if let Some(id) = j.id {
-            grants.push(GrantRow {
-                id,
-                ticket: j.ticket.ok_or_else(|| missing("grant"))?,
-                subject: j.subject.ok_or_else(|| missing("grant"))?,
-                account: j.account.ok_or_else(|| missing("grant"))?,
-                resource: j.resource.ok_or_else(|| missing("grant"))?,
-                state: j.state.ok_or_else(|| missing("grant"))?,
-                origin: j.origin.ok_or_else(|| missing("grant"))?,
-                starts_at: j.starts_at.ok_or_else(|| missing("grant"))?,
-                expires_at: j.expires_at.ok_or_else(|| missing("grant"))?,
-                activated_at: j.activated_at,
-                revoked_at: j.revoked_at,
-                revoke_reason: j.revoke_reason,
-                failure: j.failure,
-                created_at: j.created_at.ok_or_else(|| missing("grant"))?,
-                updated_at: j.updated_at.ok_or_else(|| missing("grant"))?,
-            });
-        }
-    }
-    Ok((tickets.into_values().collect(), grants))
+    tickets::flush(
+        conn,
+        &tickets::Batch {
+            tickets: t.dirty.iter().filter_map(|k| t.rows.get(k)).collect(),
+            decisions: &t.decisions,
+            grants: &t.created,
+            jobs: grant_jobs,
+            heal_above: t.heal_above,
+        },
+        crate::grants::insert,
+    )?;
+    Ok(out)
 }
 
 /// One new delivery's ticket event: the snapshot, the decision, the grants.
@@ -514,208 +360,6 @@ fn fold(
     Ok(Outcome::Accepted(Some(key)))
 }
 
-/// Inserts the rows that are new; answers which were (by source and id).
-fn insert_deliveries(
-    conn: &mut Conn<'_>,
-    rows: &[DeliveryRow<'_>],
-) -> Result<HashSet<(String, String)>, StoreError> {
-    if rows.is_empty() {
-        return Ok(HashSet::new());
-    }
-    Ok(match conn {
-        Conn::Postgres(c) => {
-            use diesel::sql_types::{Array, BigInt, Nullable, Text};
-            #[derive(QueryableByName)]
-            struct Key {
-                #[diesel(sql_type = Text)]
-                source: String,
-                #[diesel(sql_type = Text)]
-                delivery_id: String,
-            }
-            // Column arrays keep the text the same for any batch size, so
-            // the statement stays prepared.
-            let col = |f: fn(&DeliveryRow<'_>) -> String| rows.iter().map(f).collect::<Vec<_>>();
-            crate::db::prepared::Statement::new(
-                "INSERT INTO deliveries (source, delivery_id, received_at, body_sha256, ticket, outcome) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-                   $6::text[]) \
-                 ON CONFLICT DO NOTHING RETURNING source, delivery_id",
-            )
-            .bind::<Array<Text>, _>(col(|r| r.source.to_string()))
-            .bind::<Array<Text>, _>(col(|r| r.delivery_id.to_string()))
-            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(col(|r| r.body_sha256.to_string()))
-            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.ticket.clone()).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(col(|r| r.outcome.to_string()))
-            .load::<Key>(&mut **c)?
-            .into_iter()
-            .map(|k| (k.source, k.delivery_id))
-            .collect()
-        }
-        Conn::Sqlite(c) => {
-            let mut new = HashSet::new();
-            for row in rows {
-                let n = diesel::insert_into(deliveries::table)
-                    .values(row)
-                    .on_conflict_do_nothing()
-                    .execute(&mut **c)?;
-                if n > 0 {
-                    new.insert((row.source.to_string(), row.delivery_id.to_string()));
-                }
-            }
-            new
-        }
-    })
-}
-
-/// Writes the batch's changed tickets and new decisions.
-fn flush_tickets(conn: &mut Conn<'_>, t: &Tickets) -> Result<(), StoreError> {
-    use diesel::upsert::excluded;
-    if let Conn::Postgres(c) = conn {
-        return flush_postgres(c, t);
-    }
-    crate::grants::insert(conn, &t.created)?;
-    let rows: Vec<&TicketRow> = t.dirty.iter().filter_map(|k| t.rows.get(k)).collect();
-    if !rows.is_empty() {
-        match conn {
-            Conn::Postgres(c) => {
-                diesel::insert_into(tickets::table)
-                    .values(rows.iter().map(|r| (*r).clone()).collect::<Vec<_>>())
-                    .on_conflict(tickets::key)
-                    .do_update()
-                    .set((
-                        tickets::snapshot.eq(excluded(tickets::snapshot)),
-                        tickets::source_updated_at.eq(excluded(tickets::source_updated_at)),
-                        tickets::decision.eq(excluded(tickets::decision)),
-                        tickets::updated_at.eq(excluded(tickets::updated_at)),
-                    ))
-                    .execute(&mut **c)?;
-            }
-            Conn::Sqlite(c) => {
-                for r in rows {
-                    diesel::insert_into(tickets::table)
-                        .values(r.clone())
-                        .on_conflict(tickets::key)
-                        .do_update()
-                        .set((
-                            tickets::snapshot.eq(&r.snapshot),
-                            tickets::source_updated_at.eq(r.source_updated_at),
-                            tickets::decision.eq(&r.decision),
-                            tickets::updated_at.eq(r.updated_at),
-                        ))
-                        .execute(&mut **c)?;
-                }
-            }
-        }
-    }
-    save_decisions(conn, &t.decisions)
-}
-
-/// `flush_tickets` on PostgreSQL: the new grants, their jobs (scheduled as
-/// `grants::insert` would), the decisions and the tickets in one
-/// statement, each table's rows as column arrays.
-/// Every statement is a round trip (and a parse and a plan) inside the
-/// batch's transaction; this was four.
-fn flush_postgres(c: &mut diesel::PgConnection, t: &Tickets) -> Result<(), StoreError> {
-    use diesel::sql_types::{Array, BigInt, Nullable, Text};
-    let tickets: Vec<&TicketRow> = t.dirty.iter().filter_map(|k| t.rows.get(k)).collect();
-    if tickets.is_empty() && t.decisions.is_empty() && t.created.is_empty() {
-        return Ok(());
-    }
-    fn col<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
-    }
-    let g = &t.created;
-    let d = &t.decisions;
-    let jobs: Vec<GrantJob> = col(g, |r| GrantJob::new(&r.id));
-    let payloads = jobs
-        .iter()
-        .map(Job::payload)
-        .collect::<Result<Vec<_>, _>>()?;
-    let sql = format!(
-        "WITH new_grants AS (\
-           INSERT INTO grants (id, ticket, subject, account, resource, state, origin, starts_at, \
-             expires_at, activated_at, revoked_at, revoke_reason, failure, created_at, updated_at) \
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
-             $12::text[], $13::text[], $14::bigint[], $15::bigint[])), \
-         new_jobs AS (\
-           INSERT INTO jobs (kind, dedupe_key, payload, run_at, attempts, version, created_at) \
-           SELECT '{kind}', k, p, r, 0, 0, c FROM unnest($16::text[], $17::text[], $18::bigint[], \
-             $19::bigint[]) AS u(k, p, r, c) \
-           ON CONFLICT (dedupe_key) DO UPDATE SET run_at = excluded.run_at, \
-             payload = excluded.payload, attempts = 0, last_error = NULL, version = jobs.version + 1), \
-         new_decisions AS (\
-           INSERT INTO decisions (ticket, at, outcome, reason, detail) \
-           SELECT * FROM unnest($20::text[], $21::bigint[], $22::text[], $23::text[], $24::text[])) \
-         INSERT INTO tickets (key, source, source_updated_at, snapshot, decision, created_at, updated_at) \
-         SELECT * FROM unnest($25::text[], $26::text[], $27::bigint[], $28::text[], $29::text[], \
-           $30::bigint[], $31::bigint[]) \
-         ON CONFLICT (key) DO UPDATE SET snapshot = excluded.snapshot, \
-           source_updated_at = excluded.source_updated_at, decision = excluded.decision, \
-           updated_at = excluded.updated_at \
-         WHERE tickets.source_updated_at <= excluded.source_updated_at \
-           OR tickets.source_updated_at > $32",
-        kind = GrantJob::KIND
-    );
-    crate::db::prepared::Statement::new(&sql)
-        .bind::<Array<Text>, _>(col(g, |r| r.id.clone()))
-        .bind::<Array<Text>, _>(col(g, |r| r.ticket.clone()))
-        .bind::<Array<Text>, _>(col(g, |r| r.subject.clone()))
-        .bind::<Array<Text>, _>(col(g, |r| r.account.clone()))
-        .bind::<Array<Text>, _>(col(g, |r| r.resource.clone()))
-        .bind::<Array<Text>, _>(col(g, |r| r.state.clone()))
-        .bind::<Array<Text>, _>(col(g, |r| r.origin.clone()))
-        .bind::<Array<BigInt>, _>(col(g, |r| r.starts_at))
-        .bind::<Array<BigInt>, _>(col(g, |r| r.expires_at))
-        .bind::<Array<Nullable<BigInt>>, _>(col(g, |r| r.activated_at))
-        .bind::<Array<Nullable<BigInt>>, _>(col(g, |r| r.revoked_at))
-        .bind::<Array<Nullable<Text>>, _>(col(g, |r| r.revoke_reason.clone()))
-        .bind::<Array<Nullable<Text>>, _>(col(g, |r| r.failure.clone()))
-        .bind::<Array<BigInt>, _>(col(g, |r| r.created_at))
-        .bind::<Array<BigInt>, _>(col(g, |r| r.updated_at))
-        .bind::<Array<Text>, _>(col(&jobs, GrantJob::dedupe_key))
-        .bind::<Array<Text>, _>(payloads)
-        .bind::<Array<BigInt>, _>(col(g, crate::grants::first_run))
-        .bind::<Array<BigInt>, _>(col(g, |r| r.created_at))
-        .bind::<Array<Text>, _>(col(d, |r| r.ticket.clone()))
-        .bind::<Array<BigInt>, _>(col(d, |r| r.at))
-        .bind::<Array<Text>, _>(col(d, |r| r.outcome.clone()))
-        .bind::<Array<Nullable<Text>>, _>(col(d, |r| r.reason.clone()))
-        .bind::<Array<Text>, _>(col(d, |r| r.detail.clone()))
-        .bind::<Array<Text>, _>(col(&tickets, |r| r.key.clone()))
-        .bind::<Array<Text>, _>(col(&tickets, |r| r.source.clone()))
-        .bind::<Array<BigInt>, _>(col(&tickets, |r| r.source_updated_at))
-        .bind::<Array<Text>, _>(col(&tickets, |r| r.snapshot.clone()))
-        .bind::<Array<Nullable<Text>>, _>(col(&tickets, |r| r.decision.clone()))
-        .bind::<Array<BigInt>, _>(col(&tickets, |r| r.created_at))
-        .bind::<Array<BigInt>, _>(col(&tickets, |r| r.updated_at))
-        .bind::<BigInt, _>(t.heal_above)
-        .execute(c)?;
-    Ok(())
-}
-
-fn save_decisions(conn: &mut Conn<'_>, rows: &[NewDecision]) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    match conn {
-        Conn::Postgres(c) => {
-            diesel::insert_into(decisions::table)
-                .values(rows)
-                .execute(&mut **c)?;
-        }
-        Conn::Sqlite(c) => {
-            for r in rows {
-                diesel::insert_into(decisions::table)
-                    .values(r)
-                    .execute(&mut **c)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn snapshot_summary(s: &Snapshot) -> serde_json::Value {
     json!({
         "status": s.status,
@@ -727,14 +371,6 @@ fn snapshot_summary(s: &Snapshot) -> serde_json::Value {
         "request_error": s.request_error,
         "updated_at": rfc3339(s.updated_at),
     })
-}
-
-pub fn load_ticket(conn: &mut Conn<'_>, key: &str) -> Result<Option<TicketRow>, StoreError> {
-    Ok(dispatch!(conn, c => tickets::table
-        .find(key)
-        .select(TicketRow::as_select())
-        .first(c)
-        .optional())?)
 }
 
 /// The engine's own revocation: a decision no longer warrants the grant.
@@ -754,8 +390,8 @@ pub fn reconcile_ticket(
     key: &str,
 ) -> Result<bool, StoreError> {
     db.write(|conn| {
-        crate::db::tickets::lock(conn, &[key.to_string()])?;
-        let Some(row) = load_ticket(conn, key)? else {
+        tickets::lock(conn, &[key.to_string()])?;
+        let Some(row) = tickets::load(conn, key)? else {
             return Ok(false);
         };
         let snap: Snapshot =
@@ -775,10 +411,8 @@ pub fn reconcile_ticket(
         )?;
         crate::grants::insert(conn, &created)?;
         if let Some(nd) = decided {
-            save_decisions(conn, std::slice::from_ref(&nd.row))?;
-            dispatch!(conn, c => diesel::update(tickets::table.find(key))
-                .set(tickets::decision.eq(&nd.summary))
-                .execute(c))?;
+            tickets::save_decisions(conn, std::slice::from_ref(&nd.row))?;
+            tickets::set_decision(conn, key, &nd.summary)?;
         }
         audit::append(conn, now, events)?;
         Ok(true)
@@ -828,7 +462,7 @@ fn project_of(key: &TicketKey) -> String {
 }
 
 pub fn all_ticket_keys(db: &Db) -> Result<Vec<String>, StoreError> {
-    db.read(|conn| Ok(dispatch!(conn, c => tickets::table.select(tickets::key).order(tickets::key.asc()).load(c))?))
+    db.read(tickets::all_keys)
 }
 
 /// A decision that differs from the ticket's last one, for the caller to store.

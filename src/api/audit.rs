@@ -3,8 +3,6 @@
 //! memory), `GET /v1/audit/verify`.
 
 use actix_web::{web, HttpResponse};
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -13,10 +11,6 @@ use crate::api::error::{blocking, ApiError};
 use crate::api::grants::parse_time;
 use crate::api::AppState;
 use crate::audit::{self, Event, EventRow};
-use crate::db::schema::audit_events;
-use crate::db::{Db, StoreError};
-use crate::dispatch;
-use crate::domain::to_micros;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/audit", web::get().to(list))
@@ -24,43 +18,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/v1/audit/verify", web::get().to(verify));
 }
 
-#[derive(Debug, Default, Clone)]
-pub struct AuditFilter {
-    pub ticket: Option<String>,
-    pub grant: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    pub after: i64,
-    pub limit: i64,
-}
-
-/// One page of events in `seq` order, after the cursor.
-pub fn page(db: &Db, f: &AuditFilter) -> Result<Vec<EventRow>, StoreError> {
-    db.read(|conn| {
-        macro_rules! q {
-            ($c:expr) => {{
-                let mut q = audit_events::table
-                    .select(EventRow::as_select())
-                    .into_boxed();
-                q = q.filter(audit_events::seq.gt(f.after));
-                if let Some(t) = &f.ticket {
-                    q = q.filter(audit_events::ticket.eq(t));
-                }
-                if let Some(g) = &f.grant {
-                    q = q.filter(audit_events::grant_id.eq(g));
-                }
-                if let Some(s) = f.since {
-                    q = q.filter(audit_events::at.ge(to_micros(s)));
-                }
-                if let Some(u) = f.until {
-                    q = q.filter(audit_events::at.lt(to_micros(u)));
-                }
-                q.order(audit_events::seq.asc()).limit(f.limit).load($c)
-            }};
-        }
-        Ok(dispatch!(conn, c => q!(c))?)
-    })
-}
+use crate::db::audit::{page, Filter as AuditFilter};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,18 +3,16 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::auth::Caller;
 use crate::api::error::{blocking, ApiError};
 use crate::api::AppState;
-use crate::audit::{Event, EventRow};
-use crate::db::schema::{audit_events, decisions};
-use crate::dispatch;
+use crate::audit::Event;
+use crate::db;
 use crate::domain::{from_micros, rfc3339, GrantState, RevokeReason, TicketKey};
-use crate::engine::{self, DecisionRow};
+use crate::engine;
 use crate::grants::{self, Filter, Grant};
 use crate::ticket::Snapshot;
 
@@ -172,21 +170,12 @@ async fn ticket(
     let k = key.to_string();
     let found = blocking(move || {
         Ok(st.ctx.db.read(|conn| {
-            let Some(row) = engine::load_ticket(conn, &k)? else {
+            let Some(row) = db::tickets::load(conn, &k)? else {
                 return Ok(None);
             };
-            let decisions: Vec<DecisionRow> = dispatch!(conn, c => decisions::table
-                .filter(decisions::ticket.eq(&k))
-                .order(decisions::id.asc())
-                .select(DecisionRow::as_select())
-                .load(c))?;
+            let decisions = db::tickets::decisions_of(conn, &k)?;
             let grants = grants::of_ticket(conn, &k)?;
-            let events: Vec<EventRow> = dispatch!(conn, c => audit_events::table
-                .filter(audit_events::ticket.eq(&k))
-                .order(audit_events::seq.asc())
-                .limit(10_000)
-                .select(EventRow::as_select())
-                .load(c))?;
+            let events = db::audit::of_ticket(conn, &k, 10_000)?;
             Ok(Some((row, decisions, grants, events)))
         })?)
     })

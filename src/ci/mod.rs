@@ -144,7 +144,7 @@ fn request_once(
         // The same lock as intake's, so a close folded by another replica
         // cannot slip between this decision and its grant.
         crate::db::tickets::lock(conn, &[key.to_string()])?;
-        let Some(row) = crate::engine::load_ticket(conn, key)? else {
+        let Some(row) = crate::db::tickets::load(conn, key)? else {
             audit::append(conn, now, vec![event("unknown_ticket", json!({}))])?;
             return Ok(Outcome::UnknownTicket);
         };

@@ -3,8 +3,11 @@
 //! Business code takes a `&mut Conn` and never names a backend; the leaf
 //! queries are written once and compiled for each backend by `dispatch!`.
 
+pub mod audit;
+pub mod deliveries;
 pub mod grants;
 pub mod jobs;
+pub mod keys;
 pub mod prepared;
 pub mod schema;
 pub mod tickets;
@@ -241,6 +244,15 @@ impl Db {
         match self.pool {
             Pool::Sqlite(..) => "sqlite",
             Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// How many writers may usefully work at once, of `wanted`: SQLite
+    /// has one writer, so more would only queue.
+    pub fn writers(&self, wanted: usize) -> usize {
+        match self.pool {
+            Pool::Sqlite(..) => 1,
+            Pool::Postgres(_) => wanted.max(1),
         }
     }
 

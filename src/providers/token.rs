@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use diesel::prelude::*;
 use jsonwebtoken::{Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
@@ -25,26 +24,12 @@ use serde_json::{json, Map, Value};
 use crate::config::{Config, ProviderConfig};
 use crate::crypto::keys::SigningKey;
 use crate::db::grants::GrantRow;
-use crate::db::schema::signing_keys;
+use crate::db::keys::{self, KeyRow};
 use crate::db::{Conn, Db, StoreError};
-use crate::dispatch;
 use crate::domain::{from_micros, to_micros, GrantState};
 
-/// Keeps two replicas from generating two keys at once (PostgreSQL).
-const KEY_LOCK: i64 = 7_426_210_002;
 /// How long the generated keys are cached before the table is read again.
 const RELOAD_SECONDS: i64 = 60;
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = signing_keys)]
-struct KeyRow {
-    kid: String,
-    alg: String,
-    private_pem: String,
-    public_jwk: String,
-    created_at: i64,
-    retired_at: Option<i64>,
-}
 
 /// The generated keys as last read from the table.
 #[derive(Debug, Clone)]
@@ -385,16 +370,9 @@ fn ensure_key(
     rotate_after: Option<Duration>,
     grace: Duration,
 ) -> Result<Vec<KeyRow>, StoreError> {
-    if let Conn::Postgres(c) = conn {
-        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({KEY_LOCK})")).execute(&mut **c)?;
-    }
+    keys::lock(conn)?;
     let at = to_micros(now);
-    let current: Option<KeyRow> = dispatch!(conn, c => signing_keys::table
-        .filter(signing_keys::retired_at.is_null())
-        .order((signing_keys::created_at.desc(), signing_keys::kid.desc()))
-        .select(KeyRow::as_select())
-        .first(c)
-        .optional())?;
+    let current = keys::current(conn)?;
     let due = match &current {
         None => true,
         Some(k) => rotate_after.is_some_and(|d| from_micros(k.created_at) + d <= now),
@@ -409,34 +387,24 @@ fn ensure_key(
             created_at: at,
             retired_at: None,
         };
-        dispatch!(conn, c => diesel::insert_into(signing_keys::table)
-            .values(&row)
-            .on_conflict_do_nothing()
-            .execute(c))?;
+        keys::insert(conn, &row)?;
         if current.is_some() {
             let retire = to_micros(now + grace);
-            dispatch!(conn, c => diesel::update(
-                signing_keys::table
-                    .filter(signing_keys::retired_at.is_null())
-                    .filter(signing_keys::kid.ne(&row.kid)),
-            )
-            .set(signing_keys::retired_at.eq(retire))
-            .execute(c))?;
+            keys::retire_all_but(conn, &row.kid, retire)?;
             tracing::info!(kid = %row.kid, "signing key rotated");
         } else {
             tracing::info!(kid = %row.kid, "signing key generated");
         }
     }
-    Ok(dispatch!(conn, c => signing_keys::table
-        .filter(signing_keys::retired_at.is_null().or(signing_keys::retired_at.gt(at)))
-        .order((signing_keys::created_at.desc(), signing_keys::kid.desc()))
-        .select(KeyRow::as_select())
-        .load(c))?)
+    keys::unretired(conn, at)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::schema::signing_keys;
+    use crate::dispatch;
+    use diesel::prelude::*;
 
     fn sqlite() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
