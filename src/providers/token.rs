@@ -22,13 +22,47 @@ use jsonwebtoken::{Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
+use crate::config::TokenProvider;
 use crate::config::{Config, ProviderConfig};
 use crate::crypto::keys::SigningKey;
 use crate::db::schema::signing_keys;
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
+use crate::domain::TargetRule;
 use crate::domain::{from_micros, to_micros, GrantState};
 use crate::grants::GrantRow;
+use futures_util::future::BoxFuture;
+
+use super::{Call, Provider, ProviderError};
+
+/// A token names its target in a signed credential; the contract's syntax
+/// is all it needs.
+impl TargetRule for TokenProvider {
+    fn check_target(&self, _target: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The `token` provider as a `Provider`: a grant is the credential itself,
+/// so there is nothing to apply or remove, and introspection answers from
+/// the grant's state (see `KeyRing`).
+pub struct Token;
+
+impl Token {
+    pub fn new(_cfg: &TokenProvider) -> Token {
+        Token
+    }
+}
+
+impl Provider for Token {
+    fn apply<'a>(&'a self, _c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove<'a>(&'a self, _c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 /// Keeps two replicas from generating two keys at once (PostgreSQL).
 const KEY_LOCK: i64 = 7_426_210_002;
