@@ -20,6 +20,16 @@ pub trait Headers {
     fn header(&self, name: &str) -> Option<&str>;
 }
 
+/// Headers given by name, for deliveries that did not come over HTTP
+/// (`warrant simulate`).
+impl<const N: usize> Headers for [(&str, &str); N] {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+}
+
 /// One delivery as a source sees it: the raw body, its headers, and the
 /// time and tolerance for sources whose signatures carry a timestamp.
 pub struct Inbound<'a> {
