@@ -103,12 +103,12 @@ async fn receive(
     let source: Source = path.into_inner().parse().map_err(|_| {
         ApiError::NotFound("no such webhook source (github, jira or servicenow)".into())
     })?;
-    let Some(verifier) = sources::configured(&state.ctx.config.sources, source) else {
+    let Some(ticket_source) = sources::configured(&state.ctx.config.sources, source) else {
         return Err(ApiError::NotFound(format!(
             "source `{source}` is not configured"
         )));
     };
-    let result = receive_configured(&state, &req, source, verifier, payload).await;
+    let result = receive_configured(&state, &req, source, ticket_source, payload).await;
     let outcome = match &result {
         Ok((o, _)) => match o {
             Outcome::Accepted(_) => "accepted",
@@ -148,7 +148,7 @@ async fn receive_configured(
     state: &web::Data<AppState>,
     req: &HttpRequest,
     source: Source,
-    verifier: &dyn TicketSource,
+    ticket_source: &dyn TicketSource,
     payload: web::Payload,
 ) -> Result<(Outcome, String), ApiError> {
     let body = read_body(state, req, payload).await?;
@@ -159,9 +159,9 @@ async fn receive_configured(
         now,
         tolerance: state.ctx.config.server.timestamp_tolerance.0,
     };
-    verifier.verify(&inbound)?;
-    let id = verifier.delivery_id(&inbound)?;
-    let parsed = verifier.parse(&inbound)?;
+    ticket_source.verify(&inbound)?;
+    let id = ticket_source.delivery_id(&inbound)?;
+    let parsed = ticket_source.parse(&inbound)?;
     let delivery = Delivery {
         source,
         id: id.clone(),

@@ -3,7 +3,11 @@
 //! is held, or revoking what is gone, succeeds.
 //!
 //! Each kind is one type behind `Provider`, in its own file, built from its
-//! configuration section by `build`, the one registry.
+//! configuration section by `build`, the one registry. A new kind is: its
+//! file here (the type, `impl Provider`, and `impl domain::TargetRule` on
+//! its section), its section in `config::providers` (the struct, a
+//! `ProviderConfig` variant and that enum's per-kind arms), and one arm in
+//! `build`.
 //!
 //! A target reaches a provider only if it follows the contract's syntax
 //! (`domain::check_target`) and its kind's narrower rule (`TargetRule`,
