@@ -259,7 +259,7 @@ pub fn decide(snap: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decision 
             format!("no provider `{}` is configured", resource.provider()),
         );
     }
-    if let Err(why) = crate::providers::check_resource(config, &resource) {
+    if let Err(why) = config.check_resource(&resource) {
         return deny(DenyReason::InvalidRequest, why);
     }
     let policies = matching_policies(

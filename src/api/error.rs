@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::db::StoreError;
+use crate::sources::IntakeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -92,6 +93,18 @@ impl ResponseError for ApiError {
             resp.force_close();
         }
         resp.json(body)
+    }
+}
+
+/// A refused delivery: a bad signature is 401, a bad header or body 400,
+/// a source without a usable secret our own fault.
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Unauthorized(_) => ApiError::Unauthorized(e.to_string()),
+            IntakeError::BadHeader(_) | IntakeError::Body(_) => ApiError::BadRequest(e.to_string()),
+            IntakeError::Misconfigured => ApiError::Internal,
+        }
     }
 }
 

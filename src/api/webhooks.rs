@@ -1,22 +1,21 @@
 //! `POST /webhooks/{source}`: the intake, in the order that keeps bad input
 //! harmless — size, time and number of bodies in flight (while reading; see
-//! `read_body`), signature on the raw bytes (constant-time), parse, then
-//! dedupe on the delivery id inside the same transaction as every change
-//! the delivery makes.
+//! `read_body`), signature on the raw bytes (constant-time), delivery id,
+//! parse (each through the source's `sources::TicketSource`), then dedupe
+//! on the delivery id inside the same transaction as every change the
+//! delivery makes.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
-use crate::crypto::signature::{self, whsec_key};
 use crate::domain::Source;
 use crate::engine::{Delivery, Ingested, Outcome};
 use crate::metrics::WebhookLabels;
-use crate::sources::{self, Parsed};
+use crate::sources::{self, Inbound, Parsed, TicketSource};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/{source}", web::post().to(receive));
@@ -88,17 +87,10 @@ async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<web::By
     Ok(body.freeze())
 }
 
-fn delivery_id(raw: Option<&str>, name: &str) -> Result<String, ApiError> {
-    match raw.map(str::trim) {
-        Some(id)
-            if !id.is_empty() && id.len() <= 200 && id.chars().all(|c| c.is_ascii_graphic()) =>
-        {
-            Ok(id.to_string())
-        }
-        Some(_) => Err(ApiError::BadRequest(format!(
-            "header {name} is not a valid delivery id"
-        ))),
-        None => Err(ApiError::BadRequest(format!("header {name} is missing"))),
+/// The intake reads a source's headers straight from the request.
+impl sources::Headers for HttpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(self, name)
     }
 }
 
@@ -111,18 +103,12 @@ async fn receive(
     let source: Source = path.into_inner().parse().map_err(|_| {
         ApiError::NotFound("no such webhook source (github, jira or servicenow)".into())
     })?;
-    let sources_cfg = &state.ctx.config.sources;
-    let configured = match source {
-        Source::Github => sources_cfg.github.is_some(),
-        Source::Jira => sources_cfg.jira.is_some(),
-        Source::Servicenow => sources_cfg.servicenow.is_some(),
-    };
-    if !configured {
+    let Some(ticket_source) = sources::configured(&state.ctx.config.sources, source) else {
         return Err(ApiError::NotFound(format!(
             "source `{source}` is not configured"
         )));
-    }
-    let result = receive_configured(&state, &req, source, payload).await;
+    };
+    let result = receive_configured(&state, &req, source, ticket_source, payload).await;
     let outcome = match &result {
         Ok((o, _)) => match o {
             Outcome::Accepted(_) => "accepted",
@@ -162,66 +148,20 @@ async fn receive_configured(
     state: &web::Data<AppState>,
     req: &HttpRequest,
     source: Source,
+    ticket_source: &dyn TicketSource,
     payload: web::Payload,
 ) -> Result<(Outcome, String), ApiError> {
     let body = read_body(state, req, payload).await?;
     let now = state.ctx.clock.now();
-    let sources_cfg = &state.ctx.config.sources;
-    let unauthorized = |e: signature::SignatureError| ApiError::Unauthorized(e.to_string());
-    let secret_of = |s: &Option<SecretString>| s.clone().ok_or(ApiError::Internal);
-    let (id, parsed) = match source {
-        Source::Github => {
-            let cfg = sources_cfg.github.as_ref().ok_or(ApiError::Internal)?;
-            let secret = secret_of(&cfg.secret)?;
-            signature::verify_hub(
-                secret.expose_secret().as_bytes(),
-                "X-Hub-Signature-256",
-                header(req, "x-hub-signature-256"),
-                &body,
-            )
-            .map_err(unauthorized)?;
-            let id = delivery_id(header(req, "x-github-delivery"), "X-GitHub-Delivery")?;
-            let event = header(req, "x-github-event")
-                .ok_or_else(|| ApiError::BadRequest("header X-GitHub-Event is missing".into()))?;
-            (id, sources::github::parse(cfg, event, &body))
-        }
-        Source::Jira => {
-            let cfg = sources_cfg.jira.as_ref().ok_or(ApiError::Internal)?;
-            let secret = secret_of(&cfg.secret)?;
-            signature::verify_hub(
-                secret.expose_secret().as_bytes(),
-                "X-Hub-Signature",
-                header(req, "x-hub-signature"),
-                &body,
-            )
-            .map_err(unauthorized)?;
-            // Jira Server/Data Center may not send an identifier; the body's
-            // hash then dedupes exact redeliveries.
-            let id = match header(req, "x-atlassian-webhook-identifier") {
-                Some(raw) => delivery_id(Some(raw), "X-Atlassian-Webhook-Identifier")?,
-                None => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
-            };
-            (id, sources::jira::parse(cfg, &body))
-        }
-        Source::Servicenow => {
-            let cfg = sources_cfg.servicenow.as_ref().ok_or(ApiError::Internal)?;
-            let secret = secret_of(&cfg.secret)?;
-            let key = whsec_key(secret.expose_secret()).map_err(|_| ApiError::Internal)?;
-            signature::verify_standard(
-                &key,
-                header(req, "webhook-id"),
-                header(req, "webhook-timestamp"),
-                header(req, "webhook-signature"),
-                &body,
-                now,
-                state.ctx.config.server.timestamp_tolerance.0,
-            )
-            .map_err(unauthorized)?;
-            let id = delivery_id(header(req, "webhook-id"), "webhook-id")?;
-            (id, sources::servicenow::parse(cfg, &body))
-        }
+    let inbound = Inbound {
+        headers: req,
+        body: &body,
+        now,
+        tolerance: state.ctx.config.server.timestamp_tolerance.0,
     };
-    let parsed: Parsed = parsed.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    ticket_source.verify(&inbound)?;
+    let id = ticket_source.delivery_id(&inbound)?;
+    let parsed = ticket_source.parse(&inbound)?;
     let delivery = Delivery {
         source,
         id: id.clone(),

@@ -281,7 +281,7 @@ fn warranted<'a>(
             format!("no provider `{}` is configured", resource.provider()),
         );
     }
-    if let Err(why) = crate::providers::check_resource(config, resource) {
+    if let Err(why) = config.check_resource(resource) {
         return ticket_deny(DenyReason::InvalidRequest, why);
     }
     // The person who asked through the ticket may not approve it for their

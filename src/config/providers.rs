@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 use super::secrets::{load_secret, redacted, redacted_all};
 use super::{invalid, ConfigDuration, ConfigError, FIELD_MARK};
 use crate::crypto::signature::whsec_key;
+use crate::domain::{Resource, TargetRule};
 
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {
@@ -72,6 +73,30 @@ impl ProviderConfig {
             ProviderConfig::GithubTeam(_) => "github_team",
             ProviderConfig::Token(_) => "token",
         }
+    }
+
+    /// The section's target rule, stated in its provider's own file.
+    pub fn rule(&self) -> &dyn TargetRule {
+        match self {
+            ProviderConfig::Postgres(p) => p,
+            ProviderConfig::Http(h) => h,
+            ProviderConfig::GithubTeam(g) => g,
+            ProviderConfig::Token(t) => t,
+        }
+    }
+
+    /// The target rule of provider `name`: the contract's syntax, then the
+    /// narrower rule of its kind. The error names the rule.
+    pub fn check_target(&self, name: &str, target: &str) -> Result<(), String> {
+        crate::domain::check_target(target)
+            .and_then(|()| self.rule().check_target(target))
+            .map_err(|why| {
+                format!(
+                    "provider `{name}` ({}) refuses target `{}`: {why}",
+                    self.kind(),
+                    crate::domain::shown(target, 80)
+                )
+            })
     }
 
     /// The deadline of one call to the provider; `None` for a provider
@@ -353,4 +378,18 @@ pub(super) fn validate_timeouts(
         }
     }
     Ok(())
+}
+
+impl super::Config {
+    /// `ProviderConfig::check_target` for a resource; an unconfigured
+    /// provider is refused too.
+    pub fn check_resource(&self, resource: &Resource) -> Result<(), String> {
+        match self.providers.get(resource.provider()) {
+            Some(p) => p.check_target(resource.provider(), resource.target()),
+            None => Err(format!(
+                "no provider `{}` is configured",
+                resource.provider()
+            )),
+        }
+    }
 }

@@ -173,6 +173,14 @@ pub const MAX_TARGET: usize = 256;
 /// The characters a target segment may hold besides ASCII letters and digits.
 pub const TARGET_PUNCTUATION: &str = "._:@+=,-";
 
+/// A provider kind's own target rule, narrower than the contract's syntax
+/// (`check_target`). Each kind states it in its own file
+/// (`providers::<kind>`), on its configuration section, so a decision reads
+/// it through the configuration without knowing the providers.
+pub trait TargetRule {
+    fn check_target(&self, target: &str) -> Result<(), String>;
+}
+
 /// The contract's target syntax: one or more `/`-separated segments of
 /// ASCII letters, digits and `._:@+=,-`, none of them empty, `.` or `..`.
 /// This refuses traversal (`a/../b`), empty segments (`a//b`, `a/`),

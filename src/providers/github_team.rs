@@ -7,10 +7,12 @@
 //! organisation can reach another API path (URL parsers resolve `..`, and
 //! `%2e%2e`, as a step up).
 
+use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret;
 
-use super::{Action, Call, ProviderError};
+use super::{Action, Call, Deps, Provider, ProviderError};
 use crate::config::GithubTeamProvider;
+use crate::domain::TargetRule;
 
 /// The longest team slug, login or organisation accepted.
 const MAX_SEGMENT: usize = 100;
@@ -39,6 +41,37 @@ pub fn check_target(target: &str) -> Result<(), String> {
     check_segment("team slug", target)
 }
 
+impl TargetRule for GithubTeamProvider {
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        check_target(target)
+    }
+}
+
+/// The `github_team` provider, with the outbound client.
+pub struct GithubTeam {
+    cfg: GithubTeamProvider,
+    client: reqwest::Client,
+}
+
+impl GithubTeam {
+    pub fn new(cfg: &GithubTeamProvider, deps: &Deps) -> GithubTeam {
+        GithubTeam {
+            cfg: cfg.clone(),
+            client: deps.http.clone(),
+        }
+    }
+}
+
+impl Provider for GithubTeam {
+    fn apply<'a>(&'a self, c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(call(&self.client, &self.cfg, c))
+    }
+
+    fn remove<'a>(&'a self, c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(call(&self.client, &self.cfg, c))
+    }
+}
+
 /// The membership URL, every path segment checked and encoded.
 pub fn membership_url(
     cfg: &GithubTeamProvider,
@@ -60,7 +93,7 @@ pub fn membership_url(
     ))
 }
 
-pub async fn call(
+async fn call(
     client: &reqwest::Client,
     cfg: &GithubTeamProvider,
     call: &Call<'_>,

@@ -2,21 +2,56 @@
 //! Standard Webhooks. `webhook-id` is stable per grant and action, so the
 //! receiver can use it as its idempotency key across our retries.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret;
 
-use super::{Call, ProviderError};
+use super::{Call, Deps, Provider, ProviderError};
+use crate::clock::Clock;
 use crate::config::HttpProvider;
 use crate::crypto::signature::{sign_standard, whsec_key};
+use crate::domain::TargetRule;
 
 /// The `http` provider's target rule: the contract's syntax and nothing
 /// narrower (so no `.` or `..` segment), since the receiver decides what a
 /// target means. Stated here so every kind has its rule in its own file.
-pub fn check_target(target: &str) -> Result<(), String> {
-    crate::domain::check_target(target)
+impl TargetRule for HttpProvider {
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        crate::domain::check_target(target)
+    }
 }
 
-pub async fn call(
+/// The `http` provider, with the client and clock its calls take (it signs
+/// with the time).
+pub struct Http {
+    cfg: HttpProvider,
+    client: reqwest::Client,
+    clock: Arc<dyn Clock>,
+}
+
+impl Http {
+    pub fn new(cfg: &HttpProvider, deps: &Deps) -> Http {
+        Http {
+            cfg: cfg.clone(),
+            client: deps.http.clone(),
+            clock: deps.clock.clone(),
+        }
+    }
+}
+
+impl Provider for Http {
+    fn apply<'a>(&'a self, c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(call(&self.client, &self.cfg, c, self.clock.now()))
+    }
+
+    fn remove<'a>(&'a self, c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(call(&self.client, &self.cfg, c, self.clock.now()))
+    }
+}
+
+async fn call(
     client: &reqwest::Client,
     cfg: &HttpProvider,
     call: &Call<'_>,

@@ -2,8 +2,16 @@
 //! with target `T`. Every call is idempotent at the provider: granting what
 //! is held, or revoking what is gone, succeeds.
 //!
+//! Each kind is one type behind `Provider`, in its own file, built from its
+//! configuration section by `build`, the one registry. A new kind is: its
+//! file here (the type, `impl Provider`, and `impl domain::TargetRule` on
+//! its section), its section in `config::providers` (the struct, a
+//! `ProviderConfig` variant and that enum's per-kind arms), and one arm in
+//! `build`.
+//!
 //! A target reaches a provider only if it follows the contract's syntax
-//! (`domain::check_target`) and its kind's narrower rule (`check_target`):
+//! (`domain::check_target`) and its kind's narrower rule (`TargetRule`,
+//! read through `ProviderConfig::check_target`):
 //! the decisions deny anything else as `invalid_request`, and `call` checks
 //! again before a grant, so a stored grant with a bad target fails without
 //! a call. Revocations are never refused for their target (see `call`).
@@ -16,12 +24,12 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::{Config, ProviderConfig};
 use crate::db::grants::GrantRow;
-use crate::domain::Resource;
 use crate::domain::{from_micros, rfc3339};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,72 +68,77 @@ impl ProviderError {
     }
 }
 
-/// The target rule of provider `name`: the contract's syntax, then the
-/// narrower rule of its kind. The error names the rule.
-pub fn check_target(name: &str, config: &ProviderConfig, target: &str) -> Result<(), String> {
-    crate::domain::check_target(target)
-        .and_then(|()| match config {
-            ProviderConfig::Postgres(pg) => postgres::check_target(pg, target),
-            ProviderConfig::Http(_) => http::check_target(target),
-            ProviderConfig::GithubTeam(_) => github_team::check_target(target),
-            // A token names its target in a signed credential; the
-            // contract's syntax is all it needs.
-            ProviderConfig::Token(_) => Ok(()),
-        })
-        .map_err(|why| {
-            format!(
-                "provider `{name}` ({}) refuses target `{}`: {why}",
-                config.kind(),
-                crate::domain::shown(target, 80)
-            )
-        })
-}
-
-/// `check_target` for a resource; an unconfigured provider is refused too.
-pub fn check_resource(config: &Config, resource: &Resource) -> Result<(), String> {
-    match config.providers.get(resource.provider()) {
-        Some(p) => check_target(resource.provider(), p, resource.target()),
-        None => Err(format!(
-            "no provider `{}` is configured",
-            resource.provider()
-        )),
+/// One provider kind: the calls that apply and remove a grant, and list
+/// who holds a target where the kind can. Both `apply` and `remove` must be
+/// idempotent at the provider. Each kind lives in its own file and is built
+/// from its section by `build`; the same file states the kind's target rule
+/// as `domain::TargetRule` on its section, so decisions read it through the
+/// configuration (`Config::check_resource`) without building providers.
+pub trait Provider: Send + Sync {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
+    fn remove<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Who holds `target` at the provider, for drift checks; `None` when
+    /// the kind cannot list holders.
+    fn holders<'a>(
+        &'a self,
+        _target: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ProviderError>> {
+        Box::pin(async { Ok(None) })
     }
 }
 
-/// Per-provider state that outlives one call (connection pools).
-/// The configured providers and what their calls need: the outbound
-/// client, the clock (the `http` provider signs with the time), and a pool
-/// per `postgres` provider.
+/// What building a provider may take besides its section.
+pub struct Deps {
+    pub http: reqwest::Client,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The registry: the one place that maps a configured section to its
+/// kind's implementation.
+fn build(name: &str, section: &ProviderConfig, deps: &Deps) -> Box<dyn Provider> {
+    match section {
+        ProviderConfig::Postgres(c) => Box::new(postgres::Postgres::new(name, c)),
+        ProviderConfig::Http(c) => Box::new(http::Http::new(c, deps)),
+        ProviderConfig::GithubTeam(c) => Box::new(github_team::GithubTeam::new(c, deps)),
+        ProviderConfig::Token(c) => Box::new(token::Token::new(c)),
+    }
+}
+
+/// The configured providers, built once: each holds what its calls need
+/// (the outbound client, the clock, a connection pool).
 pub struct Providers {
     config: Arc<Config>,
-    http: reqwest::Client,
-    clock: Arc<dyn Clock>,
-    postgres: HashMap<String, postgres::Pool>,
+    built: HashMap<String, Box<dyn Provider>>,
 }
 
 impl std::fmt::Debug for Providers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Providers")
-            .field("postgres", &self.postgres.keys())
+            .field("built", &self.built.keys())
             .finish()
     }
 }
 
 impl Providers {
     pub fn new(config: Arc<Config>, http: reqwest::Client, clock: Arc<dyn Clock>) -> Providers {
-        let mut postgres = HashMap::new();
-        for (name, p) in &config.providers {
-            if let ProviderConfig::Postgres(pg) = p {
-                if let Some(url) = &pg.url {
-                    postgres.insert(name.clone(), postgres::Pool::new(name, pg, url));
-                }
-            }
-        }
-        Providers {
-            config,
-            http,
-            clock,
-            postgres,
+        let deps = Deps { http, clock };
+        let built = config
+            .providers
+            .iter()
+            .map(|(name, section)| (name.clone(), build(name, section, &deps)))
+            .collect();
+        Providers { config, built }
+    }
+
+    /// Who holds `target` at provider `name` (`None`: it cannot say).
+    pub async fn holders(
+        &self,
+        name: &str,
+        target: &str,
+    ) -> Result<Option<Vec<String>>, ProviderError> {
+        match self.built.get(name) {
+            Some(p) => p.holders(target).await,
+            None => Err(ProviderError::Unknown(name.to_string())),
         }
     }
 }
@@ -151,7 +164,10 @@ impl Providers {
             .resource
             .split_once('/')
             .unwrap_or((g.resource.as_str(), ""));
-        let Some(config) = self.config.providers.get(provider) else {
+        let (Some(config), Some(kind)) = (
+            self.config.providers.get(provider),
+            self.built.get(provider),
+        ) else {
             return Err(ProviderError::Unknown(provider.to_string()));
         };
         // The decision checked this when the grant was made; a row written
@@ -161,7 +177,7 @@ impl Providers {
         // quotes the role, http sends it as data, github_team refuses a URL
         // path that is not single encoded segments).
         if action == Action::Grant {
-            if let Err(why) = check_target(provider, config, target) {
+            if let Err(why) = config.check_target(provider, target) {
                 tracing::warn!(grant = %g.id, provider, "grant refused: bad target");
                 return Err(ProviderError::Refused(why));
             }
@@ -177,18 +193,9 @@ impl Providers {
             starts_at: rfc3339(from_micros(g.starts_at)),
             expires_at: rfc3339(from_micros(g.expires_at)),
         };
-        let calling = async {
-            match config {
-                ProviderConfig::Http(h) => http::call(&self.http, h, &call, self.clock.now()).await,
-                ProviderConfig::Postgres(_) => match self.postgres.get(provider) {
-                    Some(pool) => pool.call(&call).await,
-                    None => Err(ProviderError::Unknown(provider.to_string())),
-                },
-                ProviderConfig::GithubTeam(gh) => github_team::call(&self.http, gh, &call).await,
-                // A token grant is the credential itself: nothing to apply, and
-                // introspection answers from the grant's state.
-                ProviderConfig::Token(_) => Ok(()),
-            }
+        let calling = match action {
+            Action::Grant => kind.apply(&call),
+            Action::Revoke => kind.remove(&call),
         };
         // Every call ends within its provider's `timeout`, which the
         // configuration keeps shorter than the job's lease: a call never runs

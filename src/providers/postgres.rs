@@ -17,11 +17,12 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2Pool};
 
-use super::{Action, Call, ProviderError};
+use futures_util::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::{Action, Call, Provider, ProviderError};
 use crate::config::PostgresProvider;
-use crate::domain::check_pg_role;
+use crate::domain::{check_pg_role, TargetRule};
 
 /// The `postgres` provider's target rule: one role name, and one of
 /// `roles` when the provider lists any.
@@ -31,6 +32,51 @@ pub fn check_target(cfg: &PostgresProvider, target: &str) -> Result<(), String> 
         return Err("the provider's `roles` does not list it".into());
     }
     Ok(())
+}
+
+impl TargetRule for PostgresProvider {
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        check_target(self, target)
+    }
+}
+
+/// The `postgres` provider: a pool to its server, when its URL is set.
+pub struct Postgres {
+    name: String,
+    pool: Option<Pool>,
+}
+
+impl Postgres {
+    pub fn new(name: &str, cfg: &PostgresProvider) -> Postgres {
+        Postgres {
+            name: name.to_string(),
+            pool: cfg.url.as_ref().map(|url| Pool::new(name, cfg, url)),
+        }
+    }
+
+    fn pool(&self) -> Result<&Pool, ProviderError> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| ProviderError::Unknown(self.name.clone()))
+    }
+}
+
+impl Provider for Postgres {
+    fn apply<'a>(&'a self, c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move { self.pool()?.call(c).await })
+    }
+
+    fn remove<'a>(&'a self, c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move { self.pool()?.call(c).await })
+    }
+
+    /// The role's members, read from `pg_auth_members`.
+    fn holders<'a>(
+        &'a self,
+        target: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ProviderError>> {
+        Box::pin(async move { self.pool()?.members(target).await.map(Some) })
+    }
 }
 
 /// Sets the session's timeouts on every new connection.

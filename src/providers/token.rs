@@ -21,12 +21,46 @@ use jsonwebtoken::{Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
+use crate::config::TokenProvider;
 use crate::config::{Config, ProviderConfig};
 use crate::crypto::keys::SigningKey;
 use crate::db::grants::GrantRow;
 use crate::db::keys::{self, KeyRow};
 use crate::db::{Conn, Db, StoreError};
+use crate::domain::TargetRule;
 use crate::domain::{from_micros, to_micros, GrantState};
+use futures_util::future::BoxFuture;
+
+use super::{Call, Provider, ProviderError};
+
+/// A token names its target in a signed credential; the contract's syntax
+/// is all it needs.
+impl TargetRule for TokenProvider {
+    fn check_target(&self, _target: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The `token` provider as a `Provider`: a grant is the credential itself,
+/// so there is nothing to apply or remove, and introspection answers from
+/// the grant's state (see `KeyRing`).
+pub struct Token;
+
+impl Token {
+    pub fn new(_cfg: &TokenProvider) -> Token {
+        Token
+    }
+}
+
+impl Provider for Token {
+    fn apply<'a>(&'a self, _c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove<'a>(&'a self, _c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 /// How long the generated keys are cached before the table is read again.
 const RELOAD_SECONDS: i64 = 60;

@@ -3,7 +3,14 @@
 //! (`### Resource`, `### Duration`, `### Start`), read as GitHub shows them
 //! to the approver (see `form`), and approval by label.
 
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
+
+use super::source::{key_rest, note_answer, note_auth};
+use super::{delivery_id, Inbound, IntakeError, TicketSource};
+use crate::crypto::signature;
+use crate::domain::TicketKey;
 
 use super::{
     ignored, need_object, need_str, parse_object, parse_rfc3339, quote, same_name, ticket_key,
@@ -545,6 +552,65 @@ mod form {
             'у' | 'γ' => 'y',
             other => other,
         }
+    }
+}
+
+/// GitHub: `X-Hub-Signature-256`, `X-GitHub-Delivery`, `X-GitHub-Event`,
+/// and issue comments through the REST API at `api_url`.
+impl TicketSource for GithubSource {
+    fn verify(&self, d: &Inbound<'_>) -> Result<(), IntakeError> {
+        let secret = self.secret.as_ref().ok_or(IntakeError::Misconfigured)?;
+        signature::verify_hub(
+            secret.expose_secret().as_bytes(),
+            "X-Hub-Signature-256",
+            d.header("x-hub-signature-256"),
+            d.body,
+        )?;
+        Ok(())
+    }
+
+    fn delivery_id(&self, d: &Inbound<'_>) -> Result<String, IntakeError> {
+        delivery_id(d.header("x-github-delivery"), "X-GitHub-Delivery")
+    }
+
+    fn parse(&self, d: &Inbound<'_>) -> Result<Parsed, IntakeError> {
+        let event = d
+            .header("x-github-event")
+            .ok_or_else(|| IntakeError::BadHeader("header X-GitHub-Event is missing".into()))?;
+        Ok(parse(self, event, d.body)?)
+    }
+
+    fn posts_notes(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn post_note<'a>(
+        &'a self,
+        client: &'a reqwest::Client,
+        key: &'a TicketKey,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let enc = crate::domain::path_segment;
+            let token = self.token.as_ref().ok_or("no token")?;
+            let (repo, number) = key_rest(key).rsplit_once('#').ok_or("bad key")?;
+            let (owner, name) = repo.split_once('/').ok_or("bad key")?;
+            let url = format!(
+                "{}/repos/{}/{}/issues/{}/comments",
+                self.api_url.trim_end_matches('/'),
+                enc(owner),
+                enc(name),
+                enc(number)
+            );
+            let req = client
+                .post(url)
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28")
+                .json(&serde_json::json!({ "body": text }));
+            note_answer(note_auth(req, token).send().await, "GitHub API")
+                .await
+                .map(|_| ())
+        })
     }
 }
 

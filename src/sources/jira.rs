@@ -7,7 +7,15 @@
 //! change or share.
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::source::{key_rest, note_answer, note_auth};
+use super::{delivery_id, Inbound, IntakeError, TicketSource};
+use crate::crypto::signature;
+use crate::domain::TicketKey;
 
 use super::{
     at, epoch_millis, ignored, need_str, parse_jira_datetime, parse_object, quote, same_name,
@@ -339,6 +347,62 @@ fn subject(fields: &Map<String, Value>, name: &str) -> Result<String, String> {
             quote(name),
             super::kind(other)
         )),
+    }
+}
+
+/// Jira: `X-Hub-Signature`, `X-Atlassian-Webhook-Identifier` (or the
+/// body's hash), and comments through the REST API at `api_url`.
+impl TicketSource for JiraSource {
+    fn verify(&self, d: &Inbound<'_>) -> Result<(), IntakeError> {
+        let secret = self.secret.as_ref().ok_or(IntakeError::Misconfigured)?;
+        signature::verify_hub(
+            secret.expose_secret().as_bytes(),
+            "X-Hub-Signature",
+            d.header("x-hub-signature"),
+            d.body,
+        )?;
+        Ok(())
+    }
+
+    fn delivery_id(&self, d: &Inbound<'_>) -> Result<String, IntakeError> {
+        // Jira Server/Data Center may not send an identifier; the body's
+        // hash then dedupes exact redeliveries.
+        match d.header("x-atlassian-webhook-identifier") {
+            Some(raw) => delivery_id(Some(raw), "X-Atlassian-Webhook-Identifier"),
+            None => Ok(format!("sha256:{}", hex::encode(Sha256::digest(d.body)))),
+        }
+    }
+
+    fn parse(&self, d: &Inbound<'_>) -> Result<Parsed, IntakeError> {
+        Ok(parse(self, d.body)?)
+    }
+
+    fn posts_notes(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn post_note<'a>(
+        &'a self,
+        client: &'a reqwest::Client,
+        key: &'a TicketKey,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let token = self.token.as_ref().ok_or("no token")?;
+            let base = self
+                .api_url
+                .as_deref()
+                .ok_or("no api_url")?
+                .trim_end_matches('/');
+            let url = format!(
+                "{base}/rest/api/2/issue/{}/comment",
+                crate::domain::path_segment(key_rest(key))
+            );
+            let req = client.post(url).json(&serde_json::json!({ "body": text }));
+            note_answer(note_auth(req, token).send().await, "Jira API")
+                .await
+                .map(|_| ())
+        })
     }
 }
 

@@ -1,4 +1,6 @@
-//! Turns the webhook bodies of the three ticket sources into `TicketEvent`s.
+//! The ticket sources. Each is one type behind `TicketSource` (in
+//! `source`), in its own file, found by `configured`; it verifies, names,
+//! parses a delivery into `TicketEvent`s and posts notes on its tickets.
 //! Each parser owns its source's payload shape; this module owns what they
 //! share: the outcome type, the error type, JSON access that never panics,
 //! date parsing (only years 1970 through 9999 are read, so nothing later can
@@ -11,6 +13,7 @@
 pub mod github;
 pub mod jira;
 pub mod servicenow;
+mod source;
 
 #[cfg(test)]
 mod tests;
@@ -18,8 +21,21 @@ mod tests;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::domain::{parse_duration, truncate, TicketKey};
+use crate::config::SourcesConfig;
+use crate::domain::{parse_duration, truncate, Source, TicketKey};
 use crate::ticket::{Request, TicketEvent};
+
+pub use source::{delivery_id, Headers, Inbound, IntakeError, TicketSource};
+
+/// The one place that maps a source to its implementation: its
+/// configuration section, if it is configured.
+pub fn configured(config: &SourcesConfig, source: Source) -> Option<&dyn TicketSource> {
+    match source {
+        Source::Github => config.github.as_ref().map(|c| c as &dyn TicketSource),
+        Source::Jira => config.jira.as_ref().map(|c| c as &dyn TicketSource),
+        Source::Servicenow => config.servicenow.as_ref().map(|c| c as &dyn TicketSource),
+    }
+}
 
 /// What a webhook body amounts to.
 // One value per delivery, moved straight into `merge`: boxing the event

@@ -32,7 +32,14 @@
 //! an empty string is an absent value.
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
+
+use super::source::{key_rest, note_answer, note_auth};
+use super::{delivery_id, Inbound, IntakeError, TicketSource};
+use crate::crypto::signature::{self, whsec_key};
+use crate::domain::TicketKey;
 
 use super::{
     ignored, parse_object, parse_servicenow_datetime, quote, scalar_text, ticket_key, Draft,
@@ -251,6 +258,82 @@ fn read_request(
         justification: title.to_string(),
     }
     .into_request()
+}
+
+/// ServiceNow: Standard Webhooks signatures (`webhook-id`,
+/// `webhook-timestamp`, `webhook-signature`), and work notes through the
+/// Table API at `api_url`.
+impl TicketSource for ServicenowSource {
+    fn verify(&self, d: &Inbound<'_>) -> Result<(), IntakeError> {
+        let secret = self.secret.as_ref().ok_or(IntakeError::Misconfigured)?;
+        let key = whsec_key(secret.expose_secret()).map_err(|_| IntakeError::Misconfigured)?;
+        signature::verify_standard(
+            &key,
+            d.header("webhook-id"),
+            d.header("webhook-timestamp"),
+            d.header("webhook-signature"),
+            d.body,
+            d.now,
+            d.tolerance,
+        )?;
+        Ok(())
+    }
+
+    fn delivery_id(&self, d: &Inbound<'_>) -> Result<String, IntakeError> {
+        delivery_id(d.header("webhook-id"), "webhook-id")
+    }
+
+    fn parse(&self, d: &Inbound<'_>) -> Result<Parsed, IntakeError> {
+        Ok(parse(self, d.body)?)
+    }
+
+    fn posts_notes(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn post_note<'a>(
+        &'a self,
+        client: &'a reqwest::Client,
+        key: &'a TicketKey,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let enc = crate::domain::path_segment;
+            let token = self.token.as_ref().ok_or("no token")?;
+            let base = self
+                .api_url
+                .as_deref()
+                .ok_or("no api_url")?
+                .trim_end_matches('/');
+            // The Table API addresses records by sys_id; look it up by number.
+            let url = format!(
+                "{base}/api/now/table/change_request?sysparm_query=number%3D{}&sysparm_fields=sys_id&sysparm_limit=1",
+                enc(key_rest(key))
+            );
+            let resp = note_answer(
+                note_auth(client.get(url).header("accept", "application/json"), token)
+                    .send()
+                    .await,
+                "ServiceNow API",
+            )
+            .await?;
+            let body: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|_| "ServiceNow API answered no JSON".to_string())?;
+            let sys_id = body["result"][0]["sys_id"]
+                .as_str()
+                .ok_or("ServiceNow has no such change request")?;
+            let url = format!("{base}/api/now/table/change_request/{}", enc(sys_id));
+            let req = client
+                .patch(url)
+                .header("accept", "application/json")
+                .json(&serde_json::json!({ "work_notes": text }));
+            note_answer(note_auth(req, token).send().await, "ServiceNow API")
+                .await
+                .map(|_| ())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -533,6 +533,46 @@ async fn github_team_puts_only_encoded_segments_in_its_urls(backend: Backend) {
     assert_eq!(app.receiver.calls().len(), 1, "{:?}", app.receiver.calls());
 }
 
+/// A provider lists who holds a target where it can (the drift checks need
+/// this): postgres reads the role's members from the server; `http` cannot
+/// say; an unconfigured provider is an error.
+async fn providers_list_holders_where_they_can(backend: Backend) {
+    if !pg_available() {
+        return;
+    }
+    let s = uuid::Uuid::new_v4().simple().to_string();
+    let (role, holder) = (
+        format!("wt_hold_{}", &s[..8]),
+        format!("wt_acct_{}", &s[..8]),
+    );
+    let _roles = Roles(vec![holder.clone(), role.clone()]);
+    let mut admin = admin_pg();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; CREATE ROLE {holder} NOLOGIN;"
+        ))
+        .unwrap();
+    let app = app!(backend, &format!("{PG_PROVIDER}{PG_POLICY}"));
+    let providers = &app.ctx.providers;
+    assert_eq!(
+        providers.holders("prod-db", &role).await.unwrap(),
+        Some(vec![])
+    );
+    admin
+        .batch_execute(&format!("GRANT {role} TO {holder};"))
+        .unwrap();
+    assert_eq!(
+        providers.holders("prod-db", &role).await.unwrap(),
+        Some(vec![holder.clone()])
+    );
+    assert_eq!(providers.holders("hooks", "orders-db").await.unwrap(), None);
+    assert!(matches!(
+        providers.holders("nope", "x").await,
+        Err(warrant::providers::ProviderError::Unknown(_))
+    ));
+    drop(app);
+}
+
 backend_tests!(
     hostile_targets_are_denied_before_any_provider,
     globs_match_within_a_segment_and_double_star_across,
@@ -540,4 +580,5 @@ backend_tests!(
     postgres_refuses_privileged_roles,
     postgres_calls_give_up_on_a_held_lock,
     github_team_puts_only_encoded_segments_in_its_urls,
+    providers_list_holders_where_they_can,
 );

@@ -92,3 +92,97 @@ async fn sigterm_stops_cleanly_with_exit_0() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `warrant simulate` parses a saved body through the source's own parser
+/// (the `X-GitHub-Event` header given by `--event`) and decides it, for
+/// each source; a body that is not JSON exits 1 saying so.
+#[test]
+fn simulate_parses_each_source_and_decides() {
+    use crate::payloads::{github, jira, servicenow, Change, Issue, JiraIssue};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "w.toml",
+        "sqlite://unused.db",
+        "http://127.0.0.1:9/x",
+        free_port(),
+        "",
+    );
+    let at = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let file = dir.path().join("body.json");
+    let simulate = |source: &str, body: &[u8], event: &str| {
+        std::fs::write(&file, body).unwrap();
+        let f = file.to_str().unwrap();
+        run(
+            &config,
+            &[
+                "simulate",
+                "--source",
+                source,
+                "--file",
+                f,
+                "--event",
+                event,
+                "--at",
+                "2026-12-01T10:00:00Z",
+            ],
+        )
+    };
+    let issue = Issue::new(7, at);
+    let body = serde_json::to_vec(&github("opened", &issue, "dave-gh", None)).unwrap();
+    let (code, out, err) = simulate("github", &body, "issues");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "accepted", "{out}");
+    assert_eq!(v["ticket"], "github:acme/access-requests#7", "{out}");
+    assert_eq!(v["decision"]["reason"], "not_approved", "{out}");
+
+    let (code, out, err) = simulate("github", &body, "ping");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "ignored", "{out}");
+
+    let body = serde_json::to_vec(&jira(
+        "jira:issue_created",
+        &JiraIssue::new("OPS-3"),
+        "5b10ac8d82e05b22cc7d4ef5",
+        at,
+        None,
+    ))
+    .unwrap();
+    let (code, out, err) = simulate("jira", &body, "issues");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["ticket"].as_str()),
+        (Some("accepted"), Some("jira:OPS-3")),
+        "{out}"
+    );
+
+    let change = Change {
+        number: "CHG0030001",
+        state: serde_json::json!("-2"),
+        approval: "requested",
+        approved_by: serde_json::Value::Null,
+        assigned_to: "dave.jones",
+        resource: "hooks/billing",
+        start: at,
+        end: at + chrono::Duration::hours(1),
+        updated: at,
+    };
+    let body = serde_json::to_vec(&servicenow(&change)).unwrap();
+    let (code, out, err) = simulate("servicenow", &body, "issues");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["ticket"].as_str()),
+        (Some("accepted"), Some("servicenow:CHG0030001")),
+        "{out}"
+    );
+
+    let (code, _, err) = simulate("jira", b"not json", "issues");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not JSON"), "{err}");
+}
