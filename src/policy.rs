@@ -67,22 +67,7 @@ fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
 /// so control characters are written out: a NUL byte, which PostgreSQL's
 /// text refuses, must not keep a denial from being recorded.
 fn denial(reason: DenyReason, detail: impl Into<String>) -> (DenyReason, String) {
-    let detail: String = detail.into();
-    let detail = if detail.chars().any(char::is_control) {
-        detail
-            .chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        detail
-    };
-    (reason, detail)
+    (reason, crate::domain::printable(&detail.into()))
 }
 
 /// Does `policy` apply to a ticket from `source` (with its project)?

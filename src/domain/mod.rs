@@ -322,6 +322,24 @@ impl fmt::Display for Resource {
     }
 }
 
+/// A user-supplied string with its control characters written out
+/// (`\u{0}`, `\n`), so a message or a recorded detail never carries a raw
+/// NUL (which PostgreSQL's text refuses) or a line break.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Shortens a user-supplied string for an error message, on a char boundary.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

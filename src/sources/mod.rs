@@ -194,21 +194,7 @@ pub(crate) fn same_name(a: &str, b: &str) -> bool {
 /// A piece of a payload for a message: short, and with control characters
 /// written out, so that a message never carries a raw NUL or line break.
 pub(crate) fn quote(s: &str) -> String {
-    let short = truncate(s, QUOTE);
-    if short.chars().any(char::is_control) {
-        short
-            .chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        short
-    }
+    crate::domain::printable(&truncate(s, QUOTE))
 }
 
 /// The first and last years a source may name. Outside them a date is not
