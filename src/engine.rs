@@ -497,7 +497,7 @@ fn reconcile_with(
         .partition(|g| g.origin.starts_with("ci:"));
     for g in ci {
         if let Err(d) =
-            crate::ci::decide::still_warranted(snap, config, now, &g.subject, &g.resource)
+            crate::policy::ci::still_warranted(snap, config, now, &g.subject, &g.resource)
         {
             crate::grants::revoke(
                 conn,
