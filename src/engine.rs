@@ -19,34 +19,12 @@ use crate::dispatch;
 use crate::domain::{rfc3339, to_micros, DenyReason, GrantState, RevokeReason, Source, TicketKey};
 use crate::grants::Revocation;
 use crate::grants::{GrantRow, LIVE};
+use crate::intake::{Delivery, Ingest, Ingested, Outcome};
 use crate::jobs::kinds::{backlink, grant::GrantJob};
 use crate::jobs::Job;
 use crate::policy::{decide, Decision};
 use crate::sources::Parsed;
 use crate::ticket::{merge, Snapshot};
-
-/// A webhook that passed its signature check and parsed.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub source: Source,
-    pub id: String,
-    pub body_sha256: String,
-    pub parsed: Parsed,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted(Option<TicketKey>),
-    Duplicate(Option<String>),
-    Ignored(Option<TicketKey>),
-}
-
-/// What one delivery came to, and whether it scheduled job work.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ingested {
-    pub outcome: Outcome,
-    pub queued: bool,
-}
 
 /// The batch's view of its tickets: read once, changed in memory, written
 /// once at the end.
@@ -72,6 +50,21 @@ impl Tickets {
         if !self.dirty.iter().any(|k| k == key) {
             self.dirty.push(key.to_string());
         }
+    }
+}
+
+/// The engine as the commit lanes' intake handler: `ingest_batch`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fold;
+
+impl Ingest for Fold {
+    fn batch(
+        &self,
+        conn: &mut Conn<'_>,
+        config: &Config,
+        items: &[(DateTime<Utc>, &Delivery)],
+    ) -> Result<Vec<(Ingested, Vec<NewEvent>)>, StoreError> {
+        ingest_batch(conn, config, items)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod grants;
+pub mod intake;
 pub mod jobs;
 pub mod metrics;
 pub mod policy;
