@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use serde_json::json;
 
 use crate::audit::{self, NewEvent};
+use crate::backlinks::job as backlink;
 use crate::config::Config;
 use crate::db::deliveries::{self, NewDelivery};
 use crate::db::schema::grants;
@@ -17,12 +18,12 @@ use crate::db::tickets::{self, NewDecision, TicketRow};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
 use crate::domain::{rfc3339, to_micros, DenyReason, GrantState, RevokeReason, Source, TicketKey};
+use crate::grants::job::GrantJob;
 use crate::grants::Revocation;
 use crate::grants::{GrantRow, LIVE};
 use crate::intake::{Delivery, Ingest, Ingested, Outcome};
-use crate::jobs::kinds::{backlink, grant::GrantJob};
-use crate::jobs::Job;
 use crate::policy::{decide, Decision};
+use crate::queue::Job;
 use crate::sources::Parsed;
 use crate::ticket::{merge, Snapshot};
 

@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod policy;
 pub mod providers;
+pub mod queue;
 pub mod redact;
 pub mod sources;
 pub mod store;
