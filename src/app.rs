@@ -67,7 +67,11 @@ pub struct App {
 impl App {
     /// Migrates the database, binds the listener and prepares the server.
     pub async fn build(config: Config, options: Options) -> Result<App, AppError> {
-        let ctx = Arc::new(Context::new(config, options.clock.clone())?);
+        let ctx = Arc::new(Context::new(
+            config,
+            options.clock.clone(),
+            Arc::new(crate::engine::Fold),
+        )?);
         let db = ctx.db.clone();
         let applied = web::block(move || db.migrate())
             .await

@@ -510,7 +510,7 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
 
 async fn reconcile(config: Config, no_jobs: bool) -> ExitCode {
     // Only what workers need: no CI verifier, no body permits, no server.
-    let ctx = match Context::new(config, Arc::new(SystemClock)) {
+    let ctx = match Context::new(config, Arc::new(SystemClock), Arc::new(crate::engine::Fold)) {
         Ok(c) => Arc::new(c),
         Err(e) => return fail(e),
     };

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::{self, NewEvent};
 use crate::config::Config;
 use crate::db::{Conn, Db, StoreError};
-use crate::engine::{self, Delivery, Ingested};
+use crate::intake::{Delivery, Ingest, Ingested};
 use crate::metrics::Metrics;
 use crate::supervisor::{panic_text, Health};
 
@@ -81,7 +81,7 @@ impl<T: Send> Unit for Typed<T> {
 }
 
 /// A webhook delivery: these are taken together, so that a batch reads
-/// and writes its tickets once (`engine::ingest_batch`).
+/// and writes its tickets once (through the lane's `Ingest`).
 struct Intake {
     at: DateTime<Utc>,
     delivery: Delivery,
@@ -108,10 +108,12 @@ impl std::fmt::Debug for Committer {
 
 impl Committer {
     /// Starts `lanes` writer threads (SQLite has one writer, so it gets one),
-    /// each registered in `health` as `commit-lane-N`.
+    /// each registered in `health` as `commit-lane-N`; their deliveries are
+    /// folded in by `ingest`.
     pub fn start(
         db: Db,
         config: Arc<Config>,
+        ingest: Arc<dyn Ingest>,
         lanes: usize,
         metrics: Arc<Metrics>,
         health: &Health,
@@ -123,10 +125,11 @@ impl Committer {
                 let (tx, rx) = mpsc::channel::<Queued>(QUEUE);
                 let db = db.clone();
                 let (config, metrics, guess) = (config.clone(), metrics.clone(), guess.clone());
+                let ingest = ingest.clone();
                 let part = health.register(format!("commit-lane-{i}"));
                 let spawned = std::thread::Builder::new()
                     .name(format!("warrant-commit-{i}"))
-                    .spawn(move || supervise_lane(&part, db, config, guess, rx, metrics));
+                    .spawn(move || supervise_lane(&part, db, config, ingest, guess, rx, metrics));
                 if let Err(e) = spawned {
                     // Without its thread the lane's receiver is gone and
                     // every submit to it answers 503.
@@ -207,6 +210,7 @@ fn supervise_lane(
     part: &crate::supervisor::Part,
     db: Db,
     config: Arc<Config>,
+    ingest: Arc<dyn Ingest>,
     guess: Arc<audit::Guess>,
     mut rx: mpsc::Receiver<Queued>,
     metrics: Arc<Metrics>,
@@ -216,7 +220,15 @@ fn supervise_lane(
     loop {
         part.set_up(true);
         let ran = catch_unwind(AssertUnwindSafe(|| {
-            lane(&db, &config, &guess, &mut rx, &mut pending, &metrics)
+            lane(
+                &db,
+                &config,
+                ingest.as_ref(),
+                &guess,
+                &mut rx,
+                &mut pending,
+                &metrics,
+            )
         }));
         match ran {
             Ok(()) => break,
@@ -238,6 +250,7 @@ fn supervise_lane(
 fn lane(
     db: &Db,
     config: &Config,
+    ingest: &dyn Ingest,
     guess: &audit::Guess,
     rx: &mut mpsc::Receiver<Queued>,
     pending: &mut VecDeque<Queued>,
@@ -260,7 +273,7 @@ fn lane(
         }
         let batch = next_batch(pending);
         metrics.commit_batch.observe(batch.len() as f64);
-        run_batch(db, config, guess, batch);
+        run_batch(db, config, ingest, guess, batch);
     }
 }
 
@@ -289,7 +302,13 @@ fn next_batch(pending: &mut VecDeque<Queued>) -> Vec<Queued> {
     batch
 }
 
-fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queued>) {
+fn run_batch(
+    db: &Db,
+    config: &Config,
+    ingest: &dyn Ingest,
+    guess: &audit::Guess,
+    mut batch: Vec<Queued>,
+) {
     // A deadlock with another replica or a dropped connection is worth
     // one more try of the whole batch before it is split.
     let mut tries = 0;
@@ -297,8 +316,10 @@ fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queu
         tries += 1;
         // A panic in any unit fails the batch like an error would; the
         // units then run one by one, so it fails only the unit that panics.
-        let ran = catch_unwind(AssertUnwindSafe(|| together(db, config, guess, &mut batch)))
-            .unwrap_or_else(|payload| Err(panicked(payload.as_ref())));
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            together(db, config, ingest, guess, &mut batch)
+        }))
+        .unwrap_or_else(|payload| Err(panicked(payload.as_ref())));
         match ran {
             Ok(ingested) => {
                 let mut ingested = ingested.into_iter();
@@ -350,7 +371,7 @@ fn run_batch(db: &Db, config: &Config, guess: &audit::Guess, mut batch: Vec<Queu
             Queued::Intake(i) => {
                 let result = alone(|| {
                     db.write(|conn| {
-                        let mut one = engine::ingest_batch(conn, config, &[(i.at, &i.delivery)])?;
+                        let mut one = ingest.batch(conn, config, &[(i.at, &i.delivery)])?;
                         let (ingested, events) = one.pop().ok_or_else(stopped)?;
                         audit::append(conn, i.at, events)?;
                         Ok(ingested)
@@ -397,6 +418,7 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> StoreError {
 fn together(
     db: &Db,
     config: &Config,
+    ingest: &dyn Ingest,
     guess: &audit::Guess,
     batch: &mut [Queued],
 ) -> Result<Vec<Ingested>, StoreError> {
@@ -411,9 +433,7 @@ fn together(
         let mut groups = Vec::with_capacity(batch.len());
         let mut ingested = Vec::with_capacity(items.len());
         if !items.is_empty() {
-            for ((at, _), (result, events)) in items
-                .iter()
-                .zip(engine::ingest_batch(conn, config, &items)?)
+            for ((at, _), (result, events)) in items.iter().zip(ingest.batch(conn, config, &items)?)
             {
                 groups.push((*at, events));
                 ingested.push(result);

@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::db::{Db, StoreError};
+use crate::intake::Ingest;
 use crate::metrics::Metrics;
 use crate::providers::token::KeyRing;
 use crate::providers::Providers;
@@ -49,9 +50,13 @@ pub enum ContextError {
 
 impl Context {
     /// Opens the pool, builds the outbound client and the providers, and
-    /// starts the commit lanes (so it needs a Tokio runtime). Nothing is
-    /// migrated or served yet.
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<Context, ContextError> {
+    /// starts the commit lanes (so it needs a Tokio runtime), which fold
+    /// deliveries in through `ingest`. Nothing is migrated or served yet.
+    pub fn new(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        ingest: Arc<dyn Ingest>,
+    ) -> Result<Context, ContextError> {
         let db = Db::open(
             &config.database.url,
             config.database.pool_size,
@@ -72,6 +77,7 @@ impl Context {
         let commit = Committer::start(
             db.clone(),
             config.clone(),
+            ingest,
             config.database.writers,
             metrics.clone(),
             &health,

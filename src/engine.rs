@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use serde_json::json;
 
 use crate::audit::{self, NewEvent};
+use crate::backlinks::job as backlink;
 use crate::config::Config;
 use crate::db::deliveries::{self, NewDelivery};
 use crate::db::schema::grants;
@@ -17,36 +18,14 @@ use crate::db::tickets::{self, NewDecision, TicketRow};
 use crate::db::{Conn, Db, StoreError};
 use crate::dispatch;
 use crate::domain::{rfc3339, to_micros, DenyReason, GrantState, RevokeReason, Source, TicketKey};
+use crate::grants::job::GrantJob;
 use crate::grants::Revocation;
 use crate::grants::{GrantRow, LIVE};
-use crate::jobs::kinds::{backlink, grant::GrantJob};
-use crate::jobs::Job;
+use crate::intake::{Delivery, Ingest, Ingested, Outcome};
 use crate::policy::{decide, Decision};
+use crate::queue::Job;
 use crate::sources::Parsed;
 use crate::ticket::{merge, Snapshot};
-
-/// A webhook that passed its signature check and parsed.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub source: Source,
-    pub id: String,
-    pub body_sha256: String,
-    pub parsed: Parsed,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted(Option<TicketKey>),
-    Duplicate(Option<String>),
-    Ignored(Option<TicketKey>),
-}
-
-/// What one delivery came to, and whether it scheduled job work.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ingested {
-    pub outcome: Outcome,
-    pub queued: bool,
-}
 
 /// The batch's view of its tickets: read once, changed in memory, written
 /// once at the end.
@@ -72,6 +51,21 @@ impl Tickets {
         if !self.dirty.iter().any(|k| k == key) {
             self.dirty.push(key.to_string());
         }
+    }
+}
+
+/// The engine as the commit lanes' intake handler: `ingest_batch`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fold;
+
+impl Ingest for Fold {
+    fn batch(
+        &self,
+        conn: &mut Conn<'_>,
+        config: &Config,
+        items: &[(DateTime<Utc>, &Delivery)],
+    ) -> Result<Vec<(Ingested, Vec<NewEvent>)>, StoreError> {
+        ingest_batch(conn, config, items)
     }
 }
 
@@ -497,7 +491,7 @@ fn reconcile_with(
         .partition(|g| g.origin.starts_with("ci:"));
     for g in ci {
         if let Err(d) =
-            crate::ci::decide::still_warranted(snap, config, now, &g.subject, &g.resource)
+            crate::policy::ci::still_warranted(snap, config, now, &g.subject, &g.resource)
         {
             crate::grants::revoke(
                 conn,

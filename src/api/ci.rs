@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 use crate::api::auth::Caller;
 use crate::api::error::{blocking, ApiError};
 use crate::api::AppState;
-use crate::ci::decide::{self, CiDenial};
 use crate::ci::oidc::{TokenError, Verified};
 use crate::ci::{self as ci_core, CiRequest, Outcome, Released};
 use crate::domain::{parse_duration, Resource, TicketKey};
 use crate::grants::Grant;
+use crate::policy::ci::{self as decide, CiDenial};
 use crate::providers::token::CredentialError;
 
 pub fn config(cfg: &mut web::ServiceConfig) {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::domain::Source;
-use crate::engine::{Delivery, Ingested, Outcome};
+use crate::intake::{Delivery, Ingested, Outcome};
 use crate::metrics::WebhookLabels;
 use crate::sources::{self, Inbound, Parsed, TicketSource};
 

@@ -1,6 +1,7 @@
 //! CI deploy rights: a pipeline presents its OIDC token (`oidc`), a
 //! `[[ci.trust]]` rule names it as a CI principal, and its ticket must
-//! warrant the asked resource for that principal now (`decide`). The grant
+//! warrant the asked resource for that principal now (the pure rules are
+//! `policy::ci`; this module is the service around them). The grant
 //! is then made like any other, through `grants::create`, in one
 //! transaction with its audit events, so its job applies it at the provider.
 //!
@@ -8,7 +9,6 @@
 //! the grant's `origin` (`ci:<issuer>:<run>:<resource>`), which the grants
 //! table keeps unique per ticket, subject and resource.
 
-pub mod decide;
 pub mod oidc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -21,9 +21,8 @@ use crate::domain::{
     format_duration, from_micros, rfc3339, to_micros, GrantState, Resource, RevokeReason, TicketKey,
 };
 use crate::grants::{GrantRow, Revocation};
+use crate::policy::ci::{self as decide, claim_text, Ask, CiDenial, CiReason};
 use crate::ticket::Snapshot;
-
-use decide::{claim_text, Ask, CiDenial, CiReason};
 
 /// The claims that name a run when the issuer's `run_claims` is not set:
 /// GitHub Actions' run and its attempt, GitLab's pipeline and job.

@@ -133,7 +133,7 @@ struct JobId {
 /// for due jobs walks past none of the jobs already running: a burst of
 /// expiries costs each claim the same, not more the longer the burst.
 /// (The runner on PostgreSQL measures its leases on the server's clock
-/// instead; see `jobs::queue::claim_due`.)
+/// instead; see `jobs::claim::claim_due`.)
 pub fn claim(
     db: &Db,
     instance: &str,

@@ -8,8 +8,10 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::json;
 
+use super::job::GrantJob;
 use super::{GrantRow, LIVE};
 use crate::audit::NewEvent;
+use crate::backlinks::job as backlink;
 use crate::config::Config;
 use crate::db::grants::{take_step, GrantMove};
 use crate::db::jobs::Settle;
@@ -17,9 +19,7 @@ use crate::db::schema::grants;
 use crate::db::{Conn, StoreError};
 use crate::dispatch;
 use crate::domain::{from_micros, rfc3339, to_micros, GrantState, RevokeReason};
-use crate::jobs::kinds::backlink;
-use crate::jobs::kinds::grant::GrantJob;
-use crate::jobs::Job;
+use crate::queue::Job;
 
 /// Inserts a grant with its job and audit event.
 pub fn create(

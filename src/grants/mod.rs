@@ -1,9 +1,11 @@
 //! Grants: what was granted to whom, under which ticket, and where each
 //! grant is in its life. The life itself (create, step, revoke) is
-//! `lifecycle`, used by the engine, CI grants and the grant job alike; the
+//! `lifecycle`, used by the engine, CI grants and the grant job (`job`, the
+//! job kind that drives one grant through it) alike; the
 //! rows and their queries are `db::grants` (re-exported here); the API's
 //! view of a grant is `Grant`.
 
+pub mod job;
 mod lifecycle;
 
 pub use lifecycle::{create, created, expire, first_run, insert, revoke, step, Revocation, Step};

@@ -10,13 +10,13 @@ use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::lease::Lease;
-use super::queue::{backoff, blocking, claim_due, finish_in, Claimed, Finish};
+use super::claim::{claim_due, Claimed};
 use crate::audit::NewEvent;
 use crate::context::Context;
 use crate::db::jobs::next_due;
 use crate::db::StoreError;
 use crate::metrics::JobLabels;
+use crate::queue::{backoff, blocking, finish_in, Finish, Lease};
 
 /// Runs one claimed job and settles its row.
 async fn run_one(ctx: &Arc<Context>, claimed: Claimed) {
@@ -198,7 +198,7 @@ async fn sweep_loop(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             break;
         }
         let now = ctx.clock.now();
-        if let Err(e) = blocking(&ctx, move |db| super::kinds::grant::sweep(db, now)).await {
+        if let Err(e) = blocking(&ctx, move |db| crate::grants::job::sweep(db, now)).await {
             tracing::warn!(error = %e, "sweep failed");
         }
         tokio::select! {

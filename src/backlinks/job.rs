@@ -13,8 +13,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::db::{Conn, StoreError};
 use crate::domain::TicketKey;
-use crate::jobs::queue::{backoff, finish_in};
-use crate::jobs::{Finish, Job, Run};
+use crate::queue::{backoff, finish_in, Finish, Job, Run};
 
 /// A note to post on `ticket`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,10 +1,12 @@
 //! Back-links: warrant writes what it did on the ticket itself — a GitHub
 //! issue comment, a Jira comment, a ServiceNow work note — so the people
 //! watching the ticket see the grant, its window and why it ended. Sent
-//! from durable jobs with retries (`jobs::kinds::backlink`); off unless
+//! from durable jobs with retries (`job`); off unless
 //! the source has `token_env`. This module owns the notes' text and when
 //! they are sent; each source posts them its own way
 //! (`sources::TicketSource::post_note`).
+
+pub mod job;
 
 use crate::config::Config;
 use crate::db::grants::GrantRow;

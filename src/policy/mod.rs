@@ -1,6 +1,9 @@
 //! The one pure decision: given a ticket snapshot, the configuration and
 //! the time, what does the ticket warrant? Either exactly one grant, or a
 //! denial with a machine-readable reason. No I/O, no clock of its own.
+//! The same rules for CI deploy rights are `ci`.
+
+pub mod ci;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -307,7 +310,7 @@ fn scope(source: Source, project: &str) -> String {
 pub type Window<'a> = (DateTime<Utc>, DateTime<Utc>, &'a str);
 
 /// Checks approvers and the window against one policy. Public so the CI
-/// decision (`ci::decide`) applies the very same rules.
+/// decision (`policy::ci`) applies the very same rules.
 #[allow(clippy::too_many_arguments)]
 pub fn window_under<'a>(
     policy: &Policy,

@@ -1,16 +1,15 @@
 //! Every job kind, registered in one place: `run` hands a claimed row to
-//! the type its `kind` names. A new kind is a file here implementing
-//! `Job` and one line in `run`.
-
-pub mod backlink;
-pub mod grant;
+//! the type its `kind` names. A new kind is a file beside what it drives
+//! implementing `queue::Job`, and one line in `run`.
 
 use std::sync::Arc;
 
-use super::{Finish, Job, JobRow, Lease, Run};
+use crate::backlinks::job::Backlink;
 use crate::context::Context;
 use crate::db::grants::GrantRow;
 use crate::db::StoreError;
+use crate::grants::job::GrantJob;
+use crate::queue::{Finish, Job, JobRow, Lease, Run};
 
 /// Runs one claimed job as its kind says.
 pub async fn run(
@@ -21,8 +20,8 @@ pub async fn run(
 ) -> Result<Finish, StoreError> {
     let run = Run { job, lease, grant };
     match job.kind.as_str() {
-        grant::GrantJob::KIND => start::<grant::GrantJob>(ctx, run).await,
-        backlink::Backlink::KIND => start::<backlink::Backlink>(ctx, run).await,
+        GrantJob::KIND => start::<GrantJob>(ctx, run).await,
+        Backlink::KIND => start::<Backlink>(ctx, run).await,
         other => {
             tracing::error!(kind = other, job = job.id, "unknown job kind; dropping it");
             Ok(Finish::Done)

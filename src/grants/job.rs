@@ -12,17 +12,16 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::Step;
 use crate::audit::NewEvent;
 use crate::context::Context;
 use crate::db::grants::GrantRow;
 use crate::db::{Db, StoreError};
 use crate::dispatch;
 use crate::domain::{from_micros, GrantState, RevokeReason};
-use crate::grants::Step;
-use crate::jobs::lease::call_leased;
-use crate::jobs::queue::{backoff, blocking};
-use crate::jobs::{Finish, Job, JobRow, Run};
 use crate::providers::Action;
+use crate::queue::lease::call_leased;
+use crate::queue::{backoff, blocking, Finish, Job, JobRow, Run};
 
 /// The job of grant `grant_id`; `cleanup` when the grant failed and what
 /// its last call may have applied is to be taken back.

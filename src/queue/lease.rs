@@ -9,7 +9,7 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::Duration;
 use tokio::task::JoinHandle;
 
-use super::queue::blocking;
+use super::settle::blocking;
 use crate::context::Context;
 use crate::db::grants::GrantRow;
 use crate::db::jobs::{renew, JobRow, Renewal};
