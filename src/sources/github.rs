@@ -234,8 +234,12 @@ mod form {
                 current = Some((normalize(text), Vec::new()));
                 continue;
             }
-            if let Some((_, lines)) = current.as_mut() {
-                lines.push(line);
+            // Only a field's text is ever read: the rest of the body (most
+            // of it, in a long justification) is not kept.
+            if let Some((h, lines)) = current.as_mut() {
+                if LABELS.iter().any(|l| super::same_name(h, l)) {
+                    lines.push(line);
+                }
             }
         }
         if let Some((h, lines)) = current {
@@ -301,6 +305,9 @@ mod form {
     /// `raw` without its comments; `in_comment` carries an open comment
     /// to the next line. Also says whether any comment was cut.
     fn strip_comments(raw: &str, in_comment: &mut bool) -> (String, bool) {
+        if !*in_comment && !raw.contains("<!--") {
+            return (raw.to_string(), false);
+        }
         let mut visible = String::new();
         let mut rest = raw;
         let mut cut = false;
@@ -451,6 +458,24 @@ mod form {
     /// compared on its letters and digits alone, after HTML tags, entities,
     /// list and quote markers and look-alike letters are set aside.
     fn looks_like_label(line: &str) -> Option<&'static str> {
+        let plain = line.is_ascii()
+            && !line.contains(['<', '&'])
+            && !line.bytes().any(|b| b.is_ascii_control() && b != b'\t');
+        if plain {
+            // Plain ASCII has no tags, entities, invisible characters,
+            // compatibility forms or look-alike letters: the comparison
+            // below, without allocating
+            // (this runs for every line of every body).
+            let letters = trim_markers(line)
+                .bytes()
+                .filter(u8::is_ascii_alphanumeric)
+                .map(|b| b.to_ascii_lowercase());
+            return LABELS.into_iter().find(|label| {
+                letters
+                    .clone()
+                    .eq(label.bytes().map(|b| b.to_ascii_lowercase()))
+            });
+        }
         let loose = loose(line);
         if loose.is_empty() {
             return None;
@@ -473,15 +498,20 @@ mod form {
         }
         let text = decode_entities(&text);
         let text = normalize(&text);
-        // List numbers (`1.`) are not part of what a line says.
-        let text = text.trim_start_matches(|c: char| {
-            c.is_whitespace() || c.is_ascii_digit() || ".)#>-*+".contains(c)
-        });
-        text.chars()
+        trim_markers(&text)
+            .chars()
             .flat_map(char::to_lowercase)
             .map(latin_lookalike)
             .filter(|c| c.is_alphanumeric())
             .collect()
+    }
+
+    /// A line without its list, quote and heading markers and list numbers
+    /// (`1.`), which are not part of what the line says.
+    fn trim_markers(text: &str) -> &str {
+        text.trim_start_matches(|c: char| {
+            c.is_whitespace() || c.is_ascii_digit() || ".)#>-*+".contains(c)
+        })
     }
 
     /// Numeric character references decoded; named ones dropped.
