@@ -344,11 +344,16 @@ async fn bodies_read_at_once_are_bounded(backend: Backend) {
 /// failure is in the trail and on the grant, naming the endpoint without
 /// either.
 async fn provider_errors_hold_no_credentials(backend: Backend) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port this test holds for its whole run, so no other test's server
+    // can take it: every connection is closed unanswered, so each call
+    // fails with an error that names the URL.
+    let refuser = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = refuser.local_addr().unwrap().port();
+    let _refusing = tokio::spawn(async move {
+        while let Ok((stream, _)) = refuser.accept().await {
+            drop(stream);
+        }
+    });
     let extra = format!(
         r#"
 [providers.leaky]
