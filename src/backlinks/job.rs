@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::db::{Conn, StoreError};
 use crate::domain::TicketKey;
-use crate::queue::{backoff, finish_in, Finish, Job, Run};
+use crate::queue::{finish_in, retry_at, Finish, Job, Run};
 
 /// A note to post on `ticket`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,7 +82,7 @@ impl Job for Backlink {
                 Err(e) => {
                     tracing::warn!(%ticket, error = %e, "back-link not delivered; will retry");
                     return Ok(Finish::At {
-                        run_at: now + backoff(ctx, job.attempts),
+                        run_at: retry_at(ctx, now, job.attempts),
                         attempts: job.attempts + 1,
                         error: Some(e),
                     });

@@ -21,7 +21,7 @@ use crate::dispatch;
 use crate::domain::{from_micros, GrantState, RevokeReason};
 use crate::providers::Action;
 use crate::queue::lease::call_leased;
-use crate::queue::{backoff, blocking, Finish, Job, JobRow, Run};
+use crate::queue::{blocking, retry_at, Finish, Job, JobRow, Run};
 
 /// The job of grant `grant_id`; `cleanup` when the grant failed and what
 /// its last call may have applied is to be taken back.
@@ -214,7 +214,7 @@ impl Job for GrantJob {
                         Some(Err(e)) => {
                             let msg = e.to_string();
                             return Ok(Finish::At {
-                                run_at: now + backoff(ctx, attempts),
+                                run_at: retry_at(ctx, now, attempts),
                                 attempts: attempts + 1,
                                 error: Some(msg),
                             });
@@ -275,7 +275,7 @@ async fn retry_later(
     let n = attempts + 1;
     audit_only(ctx, g, kind, json!({ "attempt": n, "error": error }), now).await?;
     Ok(Finish::At {
-        run_at: now + backoff(ctx, attempts),
+        run_at: retry_at(ctx, now, attempts),
         attempts: n,
         error: Some(error),
     })

@@ -16,7 +16,7 @@ use crate::context::Context;
 use crate::db::jobs::next_due;
 use crate::db::StoreError;
 use crate::metrics::JobLabels;
-use crate::queue::{backoff, blocking, finish_in, Finish, Lease};
+use crate::queue::{blocking, finish_in, retry_at, Finish, Lease};
 
 /// Runs one claimed job and settles its row.
 async fn run_one(ctx: &Arc<Context>, claimed: Claimed) {
@@ -86,9 +86,7 @@ async fn run_guarded(ctx: &Arc<Context>, claimed: Claimed) {
         .inc();
     let now = ctx.clock.now();
     let retry = Finish::At {
-        run_at: now
-            .checked_add_signed(backoff(ctx, job.attempts))
-            .unwrap_or(now),
+        run_at: retry_at(ctx, now, job.attempts),
         attempts: job.attempts.saturating_add(1),
         error: Some(format!("panicked: {why}")),
     };

@@ -21,7 +21,7 @@ use crate::db::{Conn, StoreError};
 
 pub use crate::db::jobs::JobRow;
 pub use lease::Lease;
-pub use settle::{backoff, blocking, finish_in, Finish};
+pub use settle::{backoff, blocking, finish_in, retry_at, Finish};
 
 /// One kind of job: its payload is the type itself, stored as JSON.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {

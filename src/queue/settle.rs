@@ -78,6 +78,13 @@ pub fn backoff(ctx: &Context, attempts: i32) -> Duration {
     Duration::milliseconds(jittered.max(1))
 }
 
+/// When a job that failed `attempts` times runs again: `now` plus the
+/// backoff, checked (an overflow retries at once rather than panicking).
+pub fn retry_at(ctx: &Context, now: DateTime<Utc>, attempts: i32) -> DateTime<Utc> {
+    now.checked_add_signed(backoff(ctx, attempts))
+        .unwrap_or(now)
+}
+
 /// Runs `f` on the pool off the async threads.
 pub async fn blocking<T: Send + 'static>(
     ctx: &Arc<Context>,
