@@ -7,6 +7,7 @@
 //! Workers share a `context::Context`; HTTP handlers an `api::AppState`
 //! around it; `app` builds both and is imported by nothing but `cli`.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod audit;

@@ -9,7 +9,7 @@ mod access;
 mod ci;
 mod providers;
 mod runtime;
-mod secrets;
+pub(crate) mod secrets;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -21,7 +21,8 @@ use serde::{Deserialize, Deserializer};
 pub use access::{ApiConfig, ApiToken, Identity, Policy, Role};
 pub use ci::{CiConfig, CiIssuer, CiTrust};
 pub use providers::{
-    GithubTeamProvider, HttpProvider, PostgresProvider, ProviderConfig, TokenProvider,
+    GithubTeamProvider, HttpProvider, PostgresProvider, ProviderConfig, ProviderSection,
+    TokenProvider, PROVIDER_KINDS,
 };
 pub use runtime::{DatabaseConfig, JobsConfig, LogFormat, ServerConfig};
 pub use sources::{
@@ -41,7 +42,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -167,7 +168,6 @@ impl Config {
         access::validate_identities(&self.identities, &self.providers)?;
         providers::validate(&self.providers)?;
         access::validate_policies(&self.policies, &self.providers)?;
-        providers::validate_tokens(&self.providers)?;
         self.ci.validate()?;
         self.jobs.validate()?;
         providers::validate_timeouts(&self.providers, self.jobs.lease)

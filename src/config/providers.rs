@@ -5,84 +5,129 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::Duration;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
-use super::secrets::{load_secret, redacted, redacted_all};
+use super::secrets::{redacted, redacted_all};
 use super::{invalid, ConfigDuration, ConfigError, FIELD_MARK};
-use crate::crypto::signature::whsec_key;
+use crate::access::{Deps, Provider};
 use crate::domain::{Resource, TargetRule};
 
-#[derive(Debug, Clone)]
-pub enum ProviderConfig {
-    Postgres(PostgresProvider),
-    Http(HttpProvider),
-    GithubTeam(GithubTeamProvider),
-    Token(TokenProvider),
+/// What every provider section does for the configuration: name its kind,
+/// bound its calls, read its secrets, check its values, state its target
+/// rule (`TargetRule`), and build its provider. Each kind implements it in
+/// its own file under `providers/`, beside the provider it builds.
+pub trait ProviderSection: TargetRule + fmt::Debug + Send + Sync {
+    /// The deadline of one call to the provider; `None` for a provider
+    /// that calls nothing outside warrant.
+    fn timeout(&self) -> Option<ConfigDuration>;
+    /// Reads the secrets the section names; `at` is `providers.NAME`.
+    fn load_secrets(
+        &mut self,
+        _at: &str,
+        _env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    /// The kind's own rules on its values; `at` is `providers.NAME`.
+    fn validate(&self, _at: &str) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    /// The provider this section configures.
+    fn build(&self, name: &str, deps: &Deps) -> Box<dyn Provider>;
+}
+
+/// The registry of provider kinds: one line per kind, `"kind" =>
+/// Variant(SectionStruct)`. It makes `ProviderConfig` (one variant per
+/// kind), reads a section into the struct its `kind` names, and reaches
+/// each section through `ProviderSection`.
+macro_rules! provider_kinds {
+    ($($kind:literal => $variant:ident($section:ty)),+ $(,)?) => {
+        #[derive(Debug, Clone)]
+        pub enum ProviderConfig {
+            $($variant($section)),+
+        }
+
+        /// Every kind's name, as `kind = ` takes it.
+        pub const PROVIDER_KINDS: &[&str] = &[$($kind),+];
+
+        impl ProviderConfig {
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(ProviderConfig::$variant(_) => $kind),+
+                }
+            }
+
+            pub fn section(&self) -> &dyn ProviderSection {
+                match self {
+                    $(ProviderConfig::$variant(s) => s),+
+                }
+            }
+
+            fn section_mut(&mut self) -> &mut dyn ProviderSection {
+                match self {
+                    $(ProviderConfig::$variant(s) => s),+
+                }
+            }
+
+            fn read<E: serde::de::Error>(kind: &str, table: toml::Table) -> Result<Self, E> {
+                match kind {
+                    $($kind => section_from(table).map(ProviderConfig::$variant),)+
+                    other => Err(E::custom(format!(
+                        "{FIELD_MARK}kind: unknown provider kind `{}` ({})",
+                        crate::domain::truncate(other, 40),
+                        PROVIDER_KINDS.join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+provider_kinds! {
+    "postgres" => Postgres(PostgresProvider),
+    "http" => Http(HttpProvider),
+    "github_team" => GithubTeam(GithubTeamProvider),
+    "token" => Token(TokenProvider),
+}
+
+/// Reads one section's table into its struct; an error names the key.
+fn section_from<'a, T: Deserialize<'a>, E: serde::de::Error>(table: toml::Table) -> Result<T, E> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().message();
+        if path == "." {
+            E::custom(message)
+        } else {
+            E::custom(format!("{FIELD_MARK}{path}: {message}"))
+        }
+    })
 }
 
 impl<'de> Deserialize<'de> for ProviderConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(d)?;
-        let kind = match table.remove("kind") {
-            Some(toml::Value::String(k)) => k,
-            Some(_) => {
-                return Err(D::Error::custom(format!(
-                    "{FIELD_MARK}kind: must be a string"
-                )))
-            }
-            None => {
-                return Err(D::Error::custom(
-                    "missing field `kind` (postgres, http, github_team or token)",
-                ))
-            }
-        };
-        fn inner<'a, T: Deserialize<'a>, E: Error>(table: toml::Table) -> Result<T, E> {
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let path = e.path().to_string();
-                let message = e.inner().message();
-                if path == "." {
-                    E::custom(message)
-                } else {
-                    E::custom(format!("{FIELD_MARK}{path}: {message}"))
-                }
-            })
-        }
-        match kind.as_str() {
-            "postgres" => inner(table).map(ProviderConfig::Postgres),
-            "http" => inner(table).map(ProviderConfig::Http),
-            "github_team" => inner(table).map(ProviderConfig::GithubTeam),
-            "token" => inner(table).map(ProviderConfig::Token),
-            other => Err(D::Error::custom(format!(
-                "{FIELD_MARK}kind: unknown provider kind `{}` (postgres, http, github_team or token)",
-                crate::domain::truncate(other, 40)
+        match table.remove("kind") {
+            Some(toml::Value::String(kind)) => ProviderConfig::read(&kind, table),
+            Some(_) => Err(D::Error::custom(format!(
+                "{FIELD_MARK}kind: must be a string"
+            ))),
+            None => Err(D::Error::custom(format!(
+                "missing field `kind` ({})",
+                PROVIDER_KINDS.join(", ")
             ))),
         }
     }
 }
 
 impl ProviderConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProviderConfig::Postgres(_) => "postgres",
-            ProviderConfig::Http(_) => "http",
-            ProviderConfig::GithubTeam(_) => "github_team",
-            ProviderConfig::Token(_) => "token",
-        }
-    }
-
     /// The section's target rule, stated in its provider's own file.
     pub fn rule(&self) -> &dyn TargetRule {
-        match self {
-            ProviderConfig::Postgres(p) => p,
-            ProviderConfig::Http(h) => h,
-            ProviderConfig::GithubTeam(g) => g,
-            ProviderConfig::Token(t) => t,
-        }
+        self.section()
     }
 
     /// The target rule of provider `name`: the contract's syntax, then the
@@ -99,15 +144,8 @@ impl ProviderConfig {
             })
     }
 
-    /// The deadline of one call to the provider; `None` for a provider
-    /// that calls nothing outside warrant.
     pub fn timeout(&self) -> Option<ConfigDuration> {
-        match self {
-            ProviderConfig::Postgres(p) => Some(p.timeout),
-            ProviderConfig::Http(h) => Some(h.timeout),
-            ProviderConfig::GithubTeam(g) => Some(g.timeout),
-            ProviderConfig::Token(_) => None,
-        }
+        self.section().timeout()
     }
 }
 
@@ -254,39 +292,8 @@ pub(super) fn load_secrets(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     for (name, p) in providers.iter_mut() {
-        let at = format!("providers.{name}");
-        match p {
-            ProviderConfig::Postgres(pg) => {
-                pg.url = Some(load_secret(&at, "url", &pg.url_env, &pg.url_file, env)?);
-            }
-            ProviderConfig::Http(h) => {
-                let secret = load_secret(&at, "secret", &h.secret_env, &h.secret_file, env)?;
-                whsec_key(secret.expose_secret())
-                    .map_err(|m| invalid(format!("{at}.secret_env"), m))?;
-                h.secret = Some(secret);
-            }
-            ProviderConfig::GithubTeam(g) => {
-                g.token = Some(load_secret(&at, "token", &g.token_env, &g.token_file, env)?);
-            }
-            ProviderConfig::Token(t) => {
-                let read = |key: String, path: &Path| -> Result<SecretString, ConfigError> {
-                    let pem = std::fs::read_to_string(path).map_err(|e| {
-                        invalid(&key, format!("cannot read {}: {e}", path.display()))
-                    })?;
-                    crate::crypto::keys::SigningKey::from_pem(&pem)
-                        .map_err(|m| invalid(&key, format!("{}: {m}", path.display())))?;
-                    Ok(SecretString::from(pem))
-                };
-                if let Some(path) = &t.key_file {
-                    t.key = Some(read(format!("{at}.key_file"), path)?);
-                }
-                let mut previous = Vec::new();
-                for (i, path) in t.previous_key_files.iter().enumerate() {
-                    previous.push(read(format!("{at}.previous_key_files[{i}]"), path)?);
-                }
-                t.previous_keys = previous;
-            }
-        }
+        p.section_mut()
+            .load_secrets(&format!("providers.{name}"), env)?;
     }
     Ok(())
 }
@@ -306,47 +313,7 @@ pub(super) fn validate(providers: &BTreeMap<String, ProviderConfig>) -> Result<(
         }
     }
     for (name, p) in providers.iter() {
-        if let ProviderConfig::Postgres(pg) = p {
-            let at = format!("providers.{name}");
-            for (key, roles) in [
-                ("roles", &pg.roles),
-                ("allow_privileged", &pg.allow_privileged),
-            ] {
-                for (i, role) in roles.iter().enumerate() {
-                    crate::domain::check_pg_role(role)
-                        .map_err(|m| invalid(format!("{at}.{key}[{i}]"), m))?;
-                }
-            }
-            if pg.timeout.0 > Duration::minutes(10) {
-                return Err(invalid(format!("{at}.timeout"), "is longer than 10m"));
-            }
-        }
-    }
-    for (name, p) in providers.iter() {
-        if let ProviderConfig::Http(h) = p {
-            let ok = url::Url::parse(&h.url)
-                .map(|u| matches!(u.scheme(), "http" | "https"))
-                .unwrap_or(false);
-            if !ok {
-                return Err(invalid(
-                    format!("providers.{name}.url"),
-                    format!("`{}` is not an http(s) URL", h.url),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn validate_tokens(
-    providers: &BTreeMap<String, ProviderConfig>,
-) -> Result<(), ConfigError> {
-    for (name, p) in providers.iter() {
-        if let ProviderConfig::Token(t) = p {
-            if t.issuer.trim().is_empty() {
-                return Err(invalid(format!("providers.{name}.issuer"), "is empty"));
-            }
-        }
+        p.section().validate(&format!("providers.{name}"))?;
     }
     Ok(())
 }

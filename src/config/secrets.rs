@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use super::{invalid, ConfigError};
 
 /// How a loaded secret shows in `Debug`: whether it is there, never what it is.
-pub(super) fn redacted(secret: &Option<SecretString>) -> Option<&'static str> {
+pub(crate) fn redacted(secret: &Option<SecretString>) -> Option<&'static str> {
     secret.as_ref().map(|_| "[redacted]")
 }
 
@@ -31,7 +31,7 @@ pub(super) fn load_optional(
     }
 }
 
-pub(super) fn load_secret(
+pub(crate) fn load_secret(
     at: &str,
     what: &str,
     env_key: &Option<String>,

@@ -11,7 +11,8 @@ use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret;
 
 use super::{Action, Call, Deps, Provider, ProviderError};
-use crate::config::GithubTeamProvider;
+use crate::config::secrets::load_secret;
+use crate::config::{ConfigDuration, ConfigError, GithubTeamProvider, ProviderSection};
 use crate::domain::TargetRule;
 
 /// The longest team slug, login or organisation accepted.
@@ -44,6 +45,31 @@ pub fn check_target(target: &str) -> Result<(), String> {
 impl TargetRule for GithubTeamProvider {
     fn check_target(&self, target: &str) -> Result<(), String> {
         check_target(target)
+    }
+}
+
+impl ProviderSection for GithubTeamProvider {
+    fn timeout(&self) -> Option<ConfigDuration> {
+        Some(self.timeout)
+    }
+
+    fn load_secrets(
+        &mut self,
+        at: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        self.token = Some(load_secret(
+            at,
+            "token",
+            &self.token_env,
+            &self.token_file,
+            env,
+        )?);
+        Ok(())
+    }
+
+    fn build(&self, _name: &str, deps: &Deps) -> Box<dyn Provider> {
+        Box::new(GithubTeam::new(self, deps))
     }
 }
 

@@ -10,7 +10,8 @@ use secrecy::ExposeSecret;
 
 use super::{Call, Deps, Provider, ProviderError};
 use crate::clock::Clock;
-use crate::config::HttpProvider;
+use crate::config::secrets::load_secret;
+use crate::config::{invalid, ConfigDuration, ConfigError, HttpProvider, ProviderSection};
 use crate::crypto::signature::{sign_standard, whsec_key};
 use crate::domain::TargetRule;
 
@@ -20,6 +21,40 @@ use crate::domain::TargetRule;
 impl TargetRule for HttpProvider {
     fn check_target(&self, target: &str) -> Result<(), String> {
         crate::domain::check_target(target)
+    }
+}
+
+impl ProviderSection for HttpProvider {
+    fn timeout(&self) -> Option<ConfigDuration> {
+        Some(self.timeout)
+    }
+
+    fn load_secrets(
+        &mut self,
+        at: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let secret = load_secret(at, "secret", &self.secret_env, &self.secret_file, env)?;
+        whsec_key(secret.expose_secret()).map_err(|m| invalid(format!("{at}.secret_env"), m))?;
+        self.secret = Some(secret);
+        Ok(())
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let ok = url::Url::parse(&self.url)
+            .map(|u| matches!(u.scheme(), "http" | "https"))
+            .unwrap_or(false);
+        if !ok {
+            return Err(invalid(
+                format!("{at}.url"),
+                format!("`{}` is not an http(s) URL", self.url),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, _name: &str, deps: &Deps) -> Box<dyn Provider> {
+        Box::new(Http::new(self, deps))
     }
 }
 

@@ -2,12 +2,12 @@
 //! with target `T`. Every call is idempotent at the provider: granting what
 //! is held, or revoking what is gone, succeeds.
 //!
-//! Each kind is one type behind `Provider`, in its own file, built from its
-//! configuration section by `build`, the one registry. A new kind is: its
-//! file here (the type, `impl Provider`, and `impl domain::TargetRule` on
-//! its section), its section in `config::providers` (the struct, a
-//! `ProviderConfig` variant and that enum's per-kind arms), and one arm in
-//! `build`.
+//! Each kind is one type behind `Provider` (defined in `access`, below the
+//! configuration), in its own file, which also implements
+//! `config::ProviderSection` on its section: its secrets, its rules, its
+//! target rule and how it builds its provider. A new kind is: its file here,
+//! its section struct in `config::providers`, and one line in that file's
+//! registry (`provider_kinds!`).
 //!
 //! A target reaches a provider only if it follows the contract's syntax
 //! (`domain::check_target`) and its kind's narrower rule (`TargetRule`,
@@ -24,85 +24,11 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
-use serde::Serialize;
-
+pub use crate::access::{Action, Call, Deps, Provider, ProviderError};
 use crate::clock::Clock;
-use crate::config::{Config, ProviderConfig};
+use crate::config::Config;
 use crate::db::grants::GrantRow;
 use crate::domain::{from_micros, rfc3339};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Grant,
-    Revoke,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Grant => "grant",
-            Action::Revoke => "revoke",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    #[error("provider `{0}` is not configured")]
-    Unknown(String),
-    #[error("{0}")]
-    Call(String),
-    /// Refused before anything reached the provider (a target outside the
-    /// provider's rule, a privileged role): retrying cannot help, and
-    /// there is nothing to take back.
-    #[error("refused: {0}")]
-    Refused(String),
-}
-
-impl ProviderError {
-    /// True when retrying the same call cannot succeed.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, ProviderError::Refused(_))
-    }
-}
-
-/// One provider kind: the calls that apply and remove a grant, and list
-/// who holds a target where the kind can. Both `apply` and `remove` must be
-/// idempotent at the provider. Each kind lives in its own file and is built
-/// from its section by `build`; the same file states the kind's target rule
-/// as `domain::TargetRule` on its section, so decisions read it through the
-/// configuration (`Config::check_resource`) without building providers.
-pub trait Provider: Send + Sync {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
-    fn remove<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
-    /// Who holds `target` at the provider, for drift checks; `None` when
-    /// the kind cannot list holders.
-    fn holders<'a>(
-        &'a self,
-        _target: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ProviderError>> {
-        Box::pin(async { Ok(None) })
-    }
-}
-
-/// What building a provider may take besides its section.
-pub struct Deps {
-    pub http: reqwest::Client,
-    pub clock: Arc<dyn Clock>,
-}
-
-/// The registry: the one place that maps a configured section to its
-/// kind's implementation.
-fn build(name: &str, section: &ProviderConfig, deps: &Deps) -> Box<dyn Provider> {
-    match section {
-        ProviderConfig::Postgres(c) => Box::new(postgres::Postgres::new(name, c)),
-        ProviderConfig::Http(c) => Box::new(http::Http::new(c, deps)),
-        ProviderConfig::GithubTeam(c) => Box::new(github_team::GithubTeam::new(c, deps)),
-        ProviderConfig::Token(c) => Box::new(token::Token::new(c)),
-    }
-}
 
 /// The configured providers, built once: each holds what its calls need
 /// (the outbound client, the clock, a connection pool).
@@ -125,7 +51,7 @@ impl Providers {
         let built = config
             .providers
             .iter()
-            .map(|(name, section)| (name.clone(), build(name, section, &deps)))
+            .map(|(name, section)| (name.clone(), section.section().build(name, &deps)))
             .collect();
         Providers { config, built }
     }
@@ -141,20 +67,6 @@ impl Providers {
             None => Err(ProviderError::Unknown(name.to_string())),
         }
     }
-}
-
-/// What a provider is told about a grant.
-#[derive(Debug, Clone, Serialize)]
-pub struct Call<'a> {
-    pub action: Action,
-    pub grant_id: &'a str,
-    pub subject: &'a str,
-    pub account: &'a str,
-    pub resource: &'a str,
-    pub target: &'a str,
-    pub ticket: &'a str,
-    pub starts_at: String,
-    pub expires_at: String,
 }
 
 impl Providers {

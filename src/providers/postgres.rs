@@ -20,8 +20,9 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2Pool};
 use futures_util::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Action, Call, Provider, ProviderError};
-use crate::config::PostgresProvider;
+use super::{Action, Call, Deps, Provider, ProviderError};
+use crate::config::secrets::load_secret;
+use crate::config::{invalid, ConfigDuration, ConfigError, PostgresProvider, ProviderSection};
 use crate::domain::{check_pg_role, TargetRule};
 
 /// The `postgres` provider's target rule: one role name, and one of
@@ -37,6 +38,40 @@ pub fn check_target(cfg: &PostgresProvider, target: &str) -> Result<(), String> 
 impl TargetRule for PostgresProvider {
     fn check_target(&self, target: &str) -> Result<(), String> {
         check_target(self, target)
+    }
+}
+
+impl ProviderSection for PostgresProvider {
+    fn timeout(&self) -> Option<ConfigDuration> {
+        Some(self.timeout)
+    }
+
+    fn load_secrets(
+        &mut self,
+        at: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        self.url = Some(load_secret(at, "url", &self.url_env, &self.url_file, env)?);
+        Ok(())
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        for (key, roles) in [
+            ("roles", &self.roles),
+            ("allow_privileged", &self.allow_privileged),
+        ] {
+            for (i, role) in roles.iter().enumerate() {
+                check_pg_role(role).map_err(|m| invalid(format!("{at}.{key}[{i}]"), m))?;
+            }
+        }
+        if self.timeout.0 > chrono::Duration::minutes(10) {
+            return Err(invalid(format!("{at}.timeout"), "is longer than 10m"));
+        }
+        Ok(())
+    }
+
+    fn build(&self, name: &str, _deps: &Deps) -> Box<dyn Provider> {
+        Box::new(Postgres::new(name, self))
     }
 }
 

@@ -14,6 +14,7 @@
 //! until every credential it signed has expired (`retired_at`).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
@@ -21,7 +22,7 @@ use jsonwebtoken::{Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
-use crate::config::TokenProvider;
+use crate::config::{invalid, ConfigDuration, ConfigError, ProviderSection, TokenProvider};
 use crate::config::{Config, ProviderConfig};
 use crate::crypto::keys::SigningKey;
 use crate::db::grants::GrantRow;
@@ -31,7 +32,7 @@ use crate::domain::TargetRule;
 use crate::domain::{from_micros, to_micros, GrantState};
 use futures_util::future::BoxFuture;
 
-use super::{Call, Provider, ProviderError};
+use super::{Call, Deps, Provider, ProviderError};
 
 /// A token names its target in a signed credential; the contract's syntax
 /// is all it needs.
@@ -41,16 +42,52 @@ impl TargetRule for TokenProvider {
     }
 }
 
+impl ProviderSection for TokenProvider {
+    fn timeout(&self) -> Option<ConfigDuration> {
+        None
+    }
+
+    /// Reads `key_file` and `previous_key_files`, each checked to be a
+    /// signing key warrant can use.
+    fn load_secrets(
+        &mut self,
+        at: &str,
+        _env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let read = |key: String, path: &Path| -> Result<SecretString, ConfigError> {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
+            SigningKey::from_pem(&pem)
+                .map_err(|m| invalid(&key, format!("{}: {m}", path.display())))?;
+            Ok(SecretString::from(pem))
+        };
+        if let Some(path) = &self.key_file {
+            self.key = Some(read(format!("{at}.key_file"), path)?);
+        }
+        let mut previous = Vec::new();
+        for (i, path) in self.previous_key_files.iter().enumerate() {
+            previous.push(read(format!("{at}.previous_key_files[{i}]"), path)?);
+        }
+        self.previous_keys = previous;
+        Ok(())
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.issuer.trim().is_empty() {
+            return Err(invalid(format!("{at}.issuer"), "is empty"));
+        }
+        Ok(())
+    }
+
+    fn build(&self, _name: &str, _deps: &Deps) -> Box<dyn Provider> {
+        Box::new(Token)
+    }
+}
+
 /// The `token` provider as a `Provider`: a grant is the credential itself,
 /// so there is nothing to apply or remove, and introspection answers from
 /// the grant's state (see `KeyRing`).
 pub struct Token;
-
-impl Token {
-    pub fn new(_cfg: &TokenProvider) -> Token {
-        Token
-    }
-}
 
 impl Provider for Token {
     fn apply<'a>(&'a self, _c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {

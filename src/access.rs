@@ -1,0 +1,87 @@
+//! What a provider kind is, below every layer that uses one: the `Provider`
+//! trait each kind implements, the `Call` it receives for one grant, the
+//! errors it answers, and what building one may take (`Deps`). The
+//! configuration's sections build their kind through this trait
+//! (`config::ProviderSection`), and `providers` holds the kinds themselves.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+use crate::clock::Clock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Grant,
+    Revoke,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Grant => "grant",
+            Action::Revoke => "revoke",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("provider `{0}` is not configured")]
+    Unknown(String),
+    #[error("{0}")]
+    Call(String),
+    /// Refused before anything reached the provider (a target outside the
+    /// provider's rule, a privileged role): retrying cannot help, and
+    /// there is nothing to take back.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl ProviderError {
+    /// True when retrying the same call cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ProviderError::Refused(_))
+    }
+}
+
+/// One provider kind: the calls that apply and remove a grant, and list
+/// who holds a target where the kind can. Both `apply` and `remove` must be
+/// idempotent at the provider. Each kind lives in its own file and is built
+/// from its section by `build`; the same file states the kind's target rule
+/// as `domain::TargetRule` on its section, so decisions read it through the
+/// configuration (`Config::check_resource`) without building providers.
+pub trait Provider: Send + Sync {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
+    fn remove<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Who holds `target` at the provider, for drift checks; `None` when
+    /// the kind cannot list holders.
+    fn holders<'a>(
+        &'a self,
+        _target: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ProviderError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What building a provider may take besides its section.
+pub struct Deps {
+    pub http: reqwest::Client,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What a provider is told about a grant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Call<'a> {
+    pub action: Action,
+    pub grant_id: &'a str,
+    pub subject: &'a str,
+    pub account: &'a str,
+    pub resource: &'a str,
+    pub target: &'a str,
+    pub ticket: &'a str,
+    pub starts_at: String,
+    pub expires_at: String,
+}
