@@ -56,6 +56,12 @@ impl ProviderError {
 pub trait Provider: Send + Sync {
     fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
     fn remove<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Whether the access this kind applies carries an end the provider
+    /// knows (a credential's expiry, a receiver told `expires_at`): when a
+    /// later grant of the same access ends later, the provider is told so.
+    fn carries_end(&self) -> bool {
+        false
+    }
     /// Who holds `target` at the provider, for drift checks; `None` when
     /// the kind cannot list holders.
     fn holders<'a>(

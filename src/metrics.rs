@@ -66,6 +66,8 @@ pub struct Metrics {
     pub overdue_revocations: Gauge<i64, AtomicI64Wrap>,
     pub jobs_due: Gauge<i64, AtomicI64Wrap>,
     pub revocation_lag: Histogram,
+    /// Removals the provider, read back, still showed.
+    pub revocations_unverified: Counter,
     /// Units per group-commit transaction.
     pub commit_batch: Histogram,
 }
@@ -95,6 +97,7 @@ impl Metrics {
         let overdue_revocations = Gauge::<i64, AtomicI64Wrap>::default();
         let jobs_due = Gauge::<i64, AtomicI64Wrap>::default();
         let revocation_lag = latency_histogram();
+        let revocations_unverified = Counter::default();
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         registry.register(
             "http_requests",
@@ -125,6 +128,11 @@ impl Metrics {
             revocation_lag.clone(),
         );
         registry.register(
+            "revocations_unverified",
+            "Removals that the provider, read back, still showed; each is retried",
+            revocations_unverified.clone(),
+        );
+        registry.register(
             "commit_batch_units",
             "Writes sharing one group-commit transaction",
             commit_batch.clone(),
@@ -139,6 +147,7 @@ impl Metrics {
             overdue_revocations,
             jobs_due,
             revocation_lag,
+            revocations_unverified,
             commit_batch,
         }
     }

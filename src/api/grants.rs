@@ -19,6 +19,7 @@ use crate::ticket::Snapshot;
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/grants", web::get().to(list))
         .route("/v1/grants/{id}", web::get().to(get))
+        .route("/v1/access", web::get().to(access))
         .route("/v1/grants/{id}/revoke", web::post().to(revoke))
         .route("/v1/tickets/{key:.*}", web::get().to(ticket));
 }
@@ -73,13 +74,20 @@ async fn list(
         limit,
     };
     let st = state.clone();
-    let rows = blocking(move || Ok(st.ctx.db.read(|c| grants::list(c, &filter))?)).await?;
+    let (rows, ledger) = blocking(move || {
+        Ok(st.ctx.db.read(|c| {
+            let rows = grants::list(c, &filter)?;
+            let ids: Vec<String> = rows.iter().map(|g| g.id.clone()).collect();
+            Ok((rows, db::access::of(c, &ids)?))
+        })?)
+    })
+    .await?;
     let next = if rows.len() as i64 == limit {
         rows.last().map(|g| g.id.clone())
     } else {
         None
     };
-    let grants: Vec<Grant> = rows.into_iter().map(Grant::from).collect();
+    let grants = Grant::all_with_access(rows, &ledger);
     Ok(HttpResponse::Ok().json(json!({ "grants": grants, "next": next })))
 }
 
@@ -90,11 +98,67 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let st = state.clone();
-    let row = blocking(move || Ok(st.ctx.db.read(|c| grants::get(c, &id))?)).await?;
-    match row {
-        Some(g) => Ok(HttpResponse::Ok().json(Grant::from(g))),
+    let found = blocking(move || {
+        Ok(st.ctx.db.read(|c| {
+            let Some(g) = grants::get(c, &id)? else {
+                return Ok(None);
+            };
+            let ledger = db::access::get(c, &id)?;
+            Ok(Some((g, ledger)))
+        })?)
+    })
+    .await?;
+    match found {
+        Some((g, ledger)) => {
+            Ok(HttpResponse::Ok().json(Grant::from(g).with_access(ledger.as_ref())))
+        }
         None => Err(ApiError::NotFound("no such grant".into())),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessQuery {
+    provider: String,
+    account: String,
+    target: String,
+}
+
+/// `GET /v1/access?provider=&account=&target=`: the live grants holding one
+/// access, oldest first, each saying whether it holds it at the provider
+/// or shares it.
+async fn access(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    q: web::Query<AccessQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let AccessQuery {
+        provider,
+        account,
+        target,
+    } = q.into_inner();
+    if provider.is_empty() || account.is_empty() || target.is_empty() {
+        return Err(ApiError::BadRequest(
+            "`provider`, `account` and `target` are all required".into(),
+        ));
+    }
+    let resource = format!("{provider}/{target}");
+    let st = state.clone();
+    let (r, a) = (resource.clone(), account.clone());
+    let (rows, ledger) = blocking(move || {
+        Ok(st.ctx.db.read(|c| {
+            let rows = db::access::holding(c, &r, &a)?;
+            let ids: Vec<String> = rows.iter().map(|g| g.id.clone()).collect();
+            Ok((rows, db::access::of(c, &ids)?))
+        })?)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "provider": provider,
+        "account": account,
+        "target": target,
+        "grants": Grant::all_with_access(rows, &ledger),
+    })))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -64,6 +64,27 @@ pub fn upsert(
     Ok(())
 }
 
+/// Brings the jobs with these dedupe keys forward to `now` if they were
+/// due later; a job being run keeps its lease and its version.
+pub fn wake(
+    conn: &mut Conn<'_>,
+    dedupe_keys: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if dedupe_keys.is_empty() {
+        return Ok(());
+    }
+    let now = to_micros(now);
+    dispatch!(conn, c => diesel::update(
+        jobs::table
+            .filter(jobs::dedupe_key.eq_any(dedupe_keys))
+            .filter(jobs::run_at.gt(now)),
+    )
+    .set(jobs::run_at.eq(now))
+    .execute(c))?;
+    Ok(())
+}
+
 /// Deletes the job with this dedupe key, if there is one.
 pub fn delete_by_key(conn: &mut Conn<'_>, dedupe_key: &str) -> Result<(), StoreError> {
     dispatch!(conn, c => diesel::delete(jobs::table.filter(jobs::dedupe_key.eq(dedupe_key))).execute(c))?;

@@ -3,6 +3,7 @@
 //! Business code takes a `&mut Conn` and never names a backend; the leaf
 //! queries are written once and compiled for each backend by `dispatch!`.
 
+pub mod access;
 pub mod audit;
 pub mod deliveries;
 pub mod grants;

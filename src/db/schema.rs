@@ -104,7 +104,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    grant_access (grant_id) {
+        grant_id -> Text,
+        role -> Text,
+        preexisting -> Bool,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(grant_access -> grants (grant_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
+    grant_access,
     deliveries,
     tickets,
     decisions,

@@ -12,6 +12,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::ledger::{self, Apply, Remove};
 use super::Step;
 use crate::audit::NewEvent;
 use crate::context::Context;
@@ -122,6 +123,32 @@ impl Job for GrantJob {
                     known = timer_revoke(ctx, &g, now).await?;
                 }
                 GrantState::Granting => {
+                    let activate = Step::new(GrantState::Granting, GrantState::Active, now)
+                        .settling(
+                            Finish::At {
+                                run_at: expires_at,
+                                attempts: 0,
+                                error: None,
+                            }
+                            .settle(job),
+                        );
+                    let wait = Finish::At {
+                        run_at: now + chrono::Duration::milliseconds(LEDGER_WAIT_MS),
+                        attempts,
+                        error: None,
+                    }
+                    .settle(job);
+                    match plan_apply(ctx, &g, activate, wait).await? {
+                        None => continue,
+                        Some(Apply::Shared { .. } | Apply::Wait { .. }) => {
+                            return Ok(Finish::Settled)
+                        }
+                        Some(Apply::Call { alone }) => {
+                            if alone && attempts == 0 {
+                                note_preexisting(ctx, &g, now).await?;
+                            }
+                        }
+                    }
                     let Some(answer) = call_leased(ctx, lease, &g, Action::Grant).await else {
                         return Ok(Finish::Lost);
                     };
@@ -185,26 +212,55 @@ impl Job for GrantJob {
                         error: None,
                     });
                 }
-                GrantState::Revoking => match call_leased(ctx, lease, &g, Action::Revoke).await {
-                    None => return Ok(Finish::Lost),
-                    Some(Ok(())) => {
-                        let step = Step::new(GrantState::Revoking, GrantState::Revoked, now)
-                            .settling(Finish::Gone.settle(job));
-                        if transition(ctx, &g, step).await? {
-                            if g.revoke_reason.as_deref() == Some(RevokeReason::Expired.as_str()) {
-                                let lag =
-                                    (now - expires_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                                ctx.metrics.revocation_lag.observe(lag.max(0.0));
-                            }
+                GrantState::Revoking => {
+                    let end = Step::new(GrantState::Revoking, GrantState::Revoked, now)
+                        .settling(Finish::Gone.settle(job));
+                    match plan_remove(ctx, &g, Some(end), now).await? {
+                        None => continue,
+                        Some(Remove::Kept { .. }) => {
+                            observe_lag(ctx, &g, now);
                             return Ok(Finish::Settled);
                         }
+                        Some(Remove::Call) => {}
                     }
-                    Some(Err(e)) => {
-                        return retry_later(ctx, &g, "revoke.failed", attempts, e.to_string(), now)
+                    match call_leased(ctx, lease, &g, Action::Revoke).await {
+                        None => return Ok(Finish::Lost),
+                        Some(Ok(())) => {
+                            if let Some(still) = still_held(ctx, &g).await {
+                                return retry_later(
+                                    ctx,
+                                    &g,
+                                    "revoke.unverified",
+                                    attempts,
+                                    still,
+                                    now,
+                                )
+                                .await;
+                            }
+                            let step = Step::new(GrantState::Revoking, GrantState::Revoked, now)
+                                .settling(Finish::Gone.settle(job));
+                            if transition(ctx, &g, step).await? {
+                                observe_lag(ctx, &g, now);
+                                return Ok(Finish::Settled);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            return retry_later(
+                                ctx,
+                                &g,
+                                "revoke.failed",
+                                attempts,
+                                e.to_string(),
+                                now,
+                            )
                             .await;
+                        }
                     }
-                },
+                }
                 GrantState::Failed if cleanup => {
+                    if plan_remove(ctx, &g, None, now).await? != Some(Remove::Call) {
+                        return Ok(Finish::Gone);
+                    }
                     match call_leased(ctx, lease, &g, Action::Revoke).await {
                         None => return Ok(Finish::Lost),
                         Some(Ok(())) => {
@@ -229,6 +285,109 @@ impl Job for GrantJob {
             attempts,
             error: None,
         })
+    }
+}
+
+/// How long a grant waits for another grant of its access to settle
+/// before it looks again (the other one's end wakes it sooner).
+const LEDGER_WAIT_MS: i64 = 500;
+
+/// The provider's name in a grant's resource.
+fn provider_of(g: &GrantRow) -> &str {
+    g.resource
+        .split_once('/')
+        .map_or(g.resource.as_str(), |(p, _)| p)
+}
+
+/// `ledger::plan_apply` in the grant's commit lane.
+async fn plan_apply(
+    ctx: &Arc<Context>,
+    g: &GrantRow,
+    activate: Step,
+    wait: Option<crate::db::jobs::Settle>,
+) -> Result<Option<Apply>, StoreError> {
+    let carries_end = ctx.providers.carries_end(provider_of(g));
+    let (g, config, now) = (g.clone(), ctx.config.clone(), activate.now);
+    let key = g.ticket.clone();
+    ctx.commit
+        .submit(&key, now, move |conn, events| {
+            ledger::plan_apply(
+                conn,
+                &config,
+                &g,
+                carries_end,
+                &activate,
+                wait.as_ref(),
+                events,
+            )
+        })
+        .await
+}
+
+/// `ledger::plan_remove` in the grant's commit lane.
+async fn plan_remove(
+    ctx: &Arc<Context>,
+    g: &GrantRow,
+    end: Option<Step>,
+    now: DateTime<Utc>,
+) -> Result<Option<Remove>, StoreError> {
+    let (g, config) = (g.clone(), ctx.config.clone());
+    let key = g.ticket.clone();
+    ctx.commit
+        .submit(&key, now, move |conn, events| {
+            ledger::plan_remove(conn, &config, &g, end.as_ref(), now, events)
+        })
+        .await
+}
+
+/// Before the first grant of an access is applied: if the provider lists
+/// holders and already has the account, the access was standing, and the
+/// ledger says so. A provider that cannot answer now changes nothing.
+async fn note_preexisting(
+    ctx: &Arc<Context>,
+    g: &GrantRow,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let target = g.resource.split_once('/').map_or("", |(_, t)| t);
+    let Ok(Some(holders)) = ctx.providers.holders(provider_of(g), target).await else {
+        return Ok(());
+    };
+    if !holders.iter().any(|h| h == &g.account) {
+        return Ok(());
+    }
+    let g = g.clone();
+    let key = g.ticket.clone();
+    ctx.commit
+        .submit(&key, now, move |conn, events| {
+            ledger::preexisting(conn, &g, now, events)
+        })
+        .await
+}
+
+/// After a removal, a provider that lists holders is read back: the
+/// access still held is an error worth retrying. `None` when it is gone
+/// or the provider cannot say.
+async fn still_held(ctx: &Arc<Context>, g: &GrantRow) -> Option<String> {
+    let target = g.resource.split_once('/').map_or("", |(_, t)| t);
+    match ctx.providers.holders(provider_of(g), target).await {
+        Ok(Some(holders)) if holders.iter().any(|h| h == &g.account) => {
+            ctx.metrics.revocations_unverified.inc();
+            Some(format!(
+                "the provider still lists `{}` in `{target}` after the removal",
+                g.account
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn observe_lag(ctx: &Arc<Context>, g: &GrantRow, now: DateTime<Utc>) {
+    if g.revoke_reason.as_deref() == Some(RevokeReason::Expired.as_str()) {
+        let lag = (now - from_micros(g.expires_at))
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1e6;
+        ctx.metrics.revocation_lag.observe(lag.max(0.0));
     }
 }
 

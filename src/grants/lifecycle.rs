@@ -267,6 +267,12 @@ pub fn step(
     if !take_step(conn, &moved, then.as_ref())? {
         return Ok(false);
     }
+    if matches!(
+        to,
+        GrantState::Active | GrantState::Revoked | GrantState::Failed
+    ) {
+        super::ledger::wake_waiting(conn, g, now)?;
+    }
     let (kind, data) = match to {
         GrantState::Active => {
             let active = GrantRow {

@@ -6,12 +6,14 @@
 //! view of a grant is `Grant`.
 
 pub mod job;
+pub mod ledger;
 mod lifecycle;
 
 pub use lifecycle::{create, created, expire, first_run, insert, revoke, step, Revocation, Step};
 
 use serde::Serialize;
 
+pub use crate::db::access::AccessRow;
 pub use crate::db::grants::{get, list, of_ticket, Filter, GrantRow, LIVE};
 use crate::domain::{from_micros, rfc3339};
 
@@ -31,6 +33,35 @@ pub struct Grant {
     pub revoke_reason: Option<String>,
     pub failure: Option<String>,
     pub created_at: String,
+    /// The grant's part in its access (see `ledger`): `held` when its own
+    /// call applied it at the provider, `shared` when it rides on another
+    /// live grant's; absent before it reached the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+    /// The provider held the access before warrant applied it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub preexisting: bool,
+}
+
+impl Grant {
+    /// The grant with what the ledger records of it.
+    pub fn with_access(mut self, row: Option<&AccessRow>) -> Grant {
+        if let Some(a) = row {
+            self.access = Some(a.role.clone());
+            self.preexisting = a.preexisting;
+        }
+        self
+    }
+
+    /// `rows` as the API shows them, each with its ledger row.
+    pub fn all_with_access(rows: Vec<GrantRow>, access: &[AccessRow]) -> Vec<Grant> {
+        rows.into_iter()
+            .map(|g| {
+                let a = access.iter().find(|a| a.grant_id == g.id);
+                Grant::from(g).with_access(a)
+            })
+            .collect()
+    }
 }
 
 impl From<GrantRow> for Grant {
@@ -50,6 +81,8 @@ impl From<GrantRow> for Grant {
             revoke_reason: r.revoke_reason,
             failure: r.failure,
             created_at: t(r.created_at),
+            access: None,
+            preexisting: false,
         }
     }
 }

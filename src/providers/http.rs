@@ -77,6 +77,10 @@ impl Http {
 }
 
 impl Provider for Http {
+    fn carries_end(&self) -> bool {
+        true
+    }
+
     fn apply<'a>(&'a self, c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(call(&self.client, &self.cfg, c, self.clock.now()))
     }

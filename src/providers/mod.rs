@@ -56,15 +56,26 @@ impl Providers {
         Providers { config, built }
     }
 
+    /// Whether provider `name`'s access carries an end (`Provider::carries_end`).
+    pub fn carries_end(&self, name: &str) -> bool {
+        self.built.get(name).is_some_and(|p| p.carries_end())
+    }
+
     /// Who holds `target` at provider `name` (`None`: it cannot say).
     pub async fn holders(
         &self,
         name: &str,
         target: &str,
     ) -> Result<Option<Vec<String>>, ProviderError> {
-        match self.built.get(name) {
-            Some(p) => p.holders(target).await,
-            None => Err(ProviderError::Unknown(name.to_string())),
+        let (Some(kind), Some(config)) = (self.built.get(name), self.config.providers.get(name))
+        else {
+            return Err(ProviderError::Unknown(name.to_string()));
+        };
+        match config.timeout() {
+            Some(limit) => tokio::time::timeout(limit.std(), kind.holders(target))
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::Call("no answer in time".into()))),
+            None => kind.holders(target).await,
         }
     }
 }

@@ -90,6 +90,10 @@ impl ProviderSection for TokenProvider {
 pub struct Token;
 
 impl Provider for Token {
+    fn carries_end(&self) -> bool {
+        true
+    }
+
     fn apply<'a>(&'a self, _c: &'a Call<'a>) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async { Ok(()) })
     }

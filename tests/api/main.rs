@@ -14,6 +14,7 @@ mod health;
 mod hostile;
 mod http_bounds;
 mod leases;
+mod ledger;
 mod lifecycle;
 mod people;
 mod supervision;

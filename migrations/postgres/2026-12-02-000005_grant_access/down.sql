@@ -1,0 +1,2 @@
+DROP INDEX grants_access;
+DROP TABLE grant_access;

@@ -1,0 +1,235 @@
+//! Shared access: access is (provider, account, target), and several live
+//! grants may hold the same one. The provider is told to apply it when the
+//! first of them becomes active and to remove it only when the last one
+//! ends; each grant still has its own life, reason and audit events.
+//!
+//! Both decisions are taken under the access's lock (`db::access::lock`,
+//! an advisory lock on PostgreSQL, the single writer on SQLite), reading
+//! the other grants as committed, so two replicas deciding for the same
+//! access see each other's answers. The rules keep access present while
+//! any grant holding it is live, and never let an apply and a removal of
+//! one access run at once:
+//! - a grant about to be applied waits while another grant of the access
+//!   is revoking (its removal may be in flight), or is being applied;
+//! - it shares an active grant's access instead of calling, unless the
+//!   provider's access carries an end and its own end is later (then the
+//!   provider hears the later end);
+//! - a grant being revoked keeps the access, without a call, while another
+//!   grant of it is being applied or active.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::job::GrantJob;
+use super::{step, GrantRow, Step};
+use crate::audit::NewEvent;
+use crate::config::Config;
+use crate::db::access::{self, Role};
+use crate::db::jobs::Settle;
+use crate::db::{Conn, StoreError};
+use crate::domain::{to_micros, GrantState};
+use crate::queue::Job;
+
+/// What to do before calling the provider to apply a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Apply {
+    /// Call the provider. `alone`: no other grant holds the access, so
+    /// finding it already held means it was there before warrant.
+    Call { alone: bool },
+    /// The grant rode on another's access and is now active.
+    Shared { with: String },
+    /// Another grant of the access must settle first; try again shortly.
+    Wait { on: String },
+}
+
+/// Decides, under the access's lock, whether grant `g` (in `granting`)
+/// calls its provider. On `Shared` the grant has stepped to active by
+/// `activate`; `None` when the grant had moved on meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_apply(
+    conn: &mut Conn<'_>,
+    config: &Config,
+    g: &GrantRow,
+    carries_end: bool,
+    activate: &Step,
+    wait: Option<&Settle>,
+    events: &mut Vec<NewEvent>,
+) -> Result<Option<Apply>, StoreError> {
+    access::lock(conn, &g.resource, &g.account)?;
+    let others = access::others(conn, g)?;
+    if let Some(r) = others.iter().find(|o| o.state() == GrantState::Revoking) {
+        return waiting(conn, wait, r);
+    }
+    let active = others
+        .iter()
+        .filter(|o| o.state() == GrantState::Active)
+        .max_by_key(|o| o.expires_at);
+    if let Some(h) = active.filter(|h| !carries_end || h.expires_at >= g.expires_at) {
+        if !step(conn, config, g, activate, events)? {
+            return Ok(None);
+        }
+        access::set_role(conn, &g.id, Role::Shared, false, to_micros(activate.now))?;
+        note(events, &g.id, "grant.applied", "shared_with", &h.id);
+        return Ok(Some(Apply::Shared { with: h.id.clone() }));
+    }
+    // Two calls for one access at once can collide at the provider
+    // (PostgreSQL refuses a concurrent GRANT of one membership), so one
+    // grant calls and the others wait: the one already calling, else the
+    // oldest. A grant already calling never waits on a granting one, so
+    // two never wait on each other.
+    let mine = access::get(conn, &g.id)?;
+    let calling = mine.is_some_and(|a| a.role == Role::Held.as_str());
+    if !calling {
+        let granting: Vec<&GrantRow> = others
+            .iter()
+            .filter(|o| o.state() == GrantState::Granting)
+            .collect();
+        let ids: Vec<String> = granting.iter().map(|o| o.id.clone()).collect();
+        let roles = access::of(conn, &ids)?;
+        let first = granting.iter().find(|o| {
+            roles
+                .iter()
+                .any(|a| a.grant_id == o.id && a.role == Role::Held.as_str())
+                || (o.created_at, o.id.as_str()) < (g.created_at, g.id.as_str())
+        });
+        if let Some(o) = first {
+            return waiting(conn, wait, o);
+        }
+    }
+    access::set_role(conn, &g.id, Role::Held, false, to_micros(activate.now))?;
+    // A later end than an active holder's: this grant now holds the access
+    // at the provider, the others ride on it.
+    for o in others.iter().filter(|o| o.state() == GrantState::Active) {
+        access::set_role(conn, &o.id, Role::Shared, false, to_micros(activate.now))?;
+    }
+    Ok(Some(Apply::Call {
+        alone: active.is_none(),
+    }))
+}
+
+/// Waits on grant `on`. The job's row is rescheduled here, under the
+/// access's lock, so `on` cannot settle (and wake this one through
+/// `wake_waiting`) between the look and the reschedule.
+fn waiting(
+    conn: &mut Conn<'_>,
+    wait: Option<&Settle>,
+    on: &GrantRow,
+) -> Result<Option<Apply>, StoreError> {
+    if let Some(how) = wait {
+        crate::db::jobs::settle(conn, how)?;
+    }
+    Ok(Some(Apply::Wait { on: on.id.clone() }))
+}
+
+/// What to do before calling the provider to remove a grant's access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remove {
+    Call,
+    /// Another live grant holds the access: it stays, and this grant has
+    /// ended by `end` without a call.
+    Kept {
+        by: String,
+    },
+}
+
+/// Decides, under the access's lock, whether grant `g` (revoking, or failed
+/// with its call to take back) calls its provider to remove the access.
+/// With `end`, a kept access ends the grant by that step; `None` when the
+/// grant had moved on meanwhile.
+pub fn plan_remove(
+    conn: &mut Conn<'_>,
+    config: &Config,
+    g: &GrantRow,
+    end: Option<&Step>,
+    now: DateTime<Utc>,
+    events: &mut Vec<NewEvent>,
+) -> Result<Option<Remove>, StoreError> {
+    access::lock(conn, &g.resource, &g.account)?;
+    let others = access::others(conn, g)?;
+    let keeper = others
+        .iter()
+        .filter(|o| matches!(o.state(), GrantState::Active | GrantState::Granting))
+        .max_by_key(|o| (o.state() == GrantState::Active, o.expires_at));
+    let Some(keeper) = keeper else {
+        return Ok(Some(Remove::Call));
+    };
+    if let Some(end) = end {
+        if !step(conn, config, g, end, events)? {
+            return Ok(None);
+        }
+    }
+    let at = to_micros(now);
+    if keeper.state() == GrantState::Active
+        && access::get(conn, &g.id)?.is_some_and(|a| a.role == Role::Held.as_str())
+    {
+        access::set_role(conn, &keeper.id, Role::Held, false, at)?;
+    }
+    if end.is_some() {
+        note(events, &g.id, "grant.revoked", "kept_by", &keeper.id);
+    } else {
+        events.push(
+            NewEvent::new(
+                "grant.cleaned_up",
+                "warrant",
+                json!({ "kept_by": keeper.id }),
+            )
+            .ticket(&g.ticket)
+            .grant(&g.id),
+        );
+    }
+    Ok(Some(Remove::Kept {
+        by: keeper.id.clone(),
+    }))
+}
+
+/// Adds `key: value` to the data of grant `id`'s last `kind` event: a
+/// shared apply or a kept removal is told in the grant's own event, not
+/// in one of its own.
+fn note(events: &mut [NewEvent], id: &str, kind: &str, key: &str, value: &str) {
+    let last = events
+        .iter_mut()
+        .rev()
+        .find(|e| e.kind == kind && e.grant_id.as_deref() == Some(id));
+    if let Some(serde_json::Value::Object(data)) = last.map(|e| &mut e.data) {
+        data.insert(key.to_string(), value.into());
+    }
+}
+
+/// Grant `g` has settled (active, revoked or failed): the grants of the
+/// same access that wait on it look again now rather than at their next
+/// poll.
+pub fn wake_waiting(
+    conn: &mut Conn<'_>,
+    g: &GrantRow,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    access::lock(conn, &g.resource, &g.account)?;
+    let waiting: Vec<String> = access::others(conn, g)?
+        .iter()
+        .filter(|o| o.state() == GrantState::Granting)
+        .map(|o| GrantJob::new(&o.id).dedupe_key())
+        .collect();
+    crate::db::jobs::wake(conn, &waiting, now)
+}
+
+/// Records that the provider already held the access when grant `g`, the
+/// only grant holding it, was about to apply it: standing access that
+/// warrant now governs (and removes at the grant's end).
+pub fn preexisting(
+    conn: &mut Conn<'_>,
+    g: &GrantRow,
+    now: DateTime<Utc>,
+    events: &mut Vec<NewEvent>,
+) -> Result<(), StoreError> {
+    access::set_role(conn, &g.id, Role::Held, true, to_micros(now))?;
+    events.push(
+        NewEvent::new(
+            "grant.preexisting",
+            "warrant",
+            json!({ "resource": g.resource, "account": g.account }),
+        )
+        .ticket(&g.ticket)
+        .grant(&g.id),
+    );
+    Ok(())
+}

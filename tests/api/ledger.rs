@@ -1,0 +1,446 @@
+//! Shared access: two tickets warranting the same access (a Jira issue and
+//! a ServiceNow change for the same role and person) hold it together. The
+//! provider applies it once and removes it only when the last grant ends,
+//! on a real PostgreSQL role, through the `http` provider (which also hears
+//! a later end), and with the two tickets handled by two replicas.
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use crate::helpers::{pg_admin_url, pg_available, t0, Backend, TestApp, AUDITOR_TOKEN};
+use crate::payloads::{self, JiraIssue};
+use crate::{app, backend_tests};
+
+const ALICE_JIRA: &str = "5b10a2844c20165700ede21g";
+const DAVE_JIRA: &str = "5b10ac8d82e05b22cc7d4ef5";
+
+/// Creates Jira issue `key` asking for `resource` and approves it.
+async fn jira_approved(app: &TestApp, key: &'static str, resource: &'static str) -> String {
+    let mut issue = JiraIssue::new(key);
+    issue.resource = resource;
+    let created = payloads::jira("jira:issue_created", &issue, DAVE_JIRA, t0(), None);
+    assert_eq!(
+        app.post_jira(&format!("{key}-1"), &created).await.status(),
+        200
+    );
+    issue.status = "Approved";
+    issue.category = "indeterminate";
+    let approved = payloads::jira(
+        "jira:issue_updated",
+        &issue,
+        ALICE_JIRA,
+        t0() + Duration::seconds(1),
+        Some(("Open", "Approved")),
+    );
+    assert_eq!(
+        app.post_jira(&format!("{key}-2"), &approved).await.status(),
+        200
+    );
+    format!("jira:{key}")
+}
+
+/// Moves Jira issue `key` to Cancelled (a closed status).
+async fn jira_closed(app: &TestApp, key: &'static str, resource: &'static str) {
+    let mut issue = JiraIssue::new(key);
+    issue.resource = resource;
+    issue.status = "Cancelled";
+    issue.category = "done";
+    let closed = payloads::jira(
+        "jira:issue_updated",
+        &issue,
+        ALICE_JIRA,
+        t0() + Duration::seconds(2),
+        Some(("Approved", "Cancelled")),
+    );
+    assert_eq!(
+        app.post_jira(&format!("{key}-3"), &closed).await.status(),
+        200
+    );
+}
+
+/// A ServiceNow change for dave and `resource`, approved by alice, ending
+/// at `end`; `state` -2 is Scheduled, 3 Closed.
+async fn change(
+    app: &TestApp,
+    number: &'static str,
+    resource: &'static str,
+    state: i64,
+    end: DateTime<Utc>,
+    updated: DateTime<Utc>,
+) -> String {
+    let c = payloads::Change {
+        number,
+        state: json!(state),
+        approval: "approved",
+        approved_by: json!("alice.smith"),
+        assigned_to: "dave.jones",
+        resource,
+        start: t0() - Duration::minutes(5),
+        end,
+        updated,
+    };
+    let delivery = format!("{number}-{state}");
+    assert_eq!(
+        app.post_servicenow(&delivery, &payloads::servicenow(&c))
+            .await
+            .status(),
+        200
+    );
+    format!("servicenow:{number}")
+}
+
+async fn access(app: &TestApp, provider: &str, account: &str, target: &str) -> Vec<Value> {
+    let (status, body) = app
+        .get_json(
+            &format!("/v1/access?provider={provider}&account={account}&target={target}"),
+            AUDITOR_TOKEN,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["grants"].as_array().cloned().unwrap_or_default()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+fn members(admin: &mut PgConnection, role: &str, account: &str) -> i64 {
+    diesel::sql_query(format!(
+        "SELECT count(*)::bigint AS n FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid \
+         JOIN pg_roles m ON m.oid = am.member WHERE r.rolname = '{role}' AND m.rolname = '{account}'"
+    ))
+    .get_result::<Count>(admin)
+    .map(|c| c.n)
+    .unwrap_or(-1)
+}
+
+/// Drops the test's roles when it ends, passed or failed.
+struct Roles(Vec<String>);
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&pg_admin_url()) {
+            for role in &self.0 {
+                let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
+            }
+        }
+    }
+}
+
+/// The role's name is leaked into a `'static` so the payload helpers,
+/// which borrow their strings, can hold it.
+fn test_role(prefix: &str) -> &'static str {
+    let s = uuid::Uuid::new_v4().simple().to_string();
+    Box::leak(format!("{prefix}_{}", &s[..8]).into_boxed_str())
+}
+
+fn pg_config() -> String {
+    "[providers.prod-db]\nkind = \"postgres\"\nurl_env = \"PROD_DB_URL\"\ntimeout = \"5s\"\n\
+     [[policies]]\nname = \"db\"\nresources = [\"prod-db/*\"]\nsources = [\"jira:OPS\", \"servicenow\"]\n\
+     approvers = [\"alice\"]\nmax_duration = \"4h\"\ndefault_duration = \"1h\"\n"
+        .to_string()
+}
+
+/// Sets up a role and dave's account as LOGIN-less roles on the server.
+fn roles_for(role: &str, account: &str) -> (PgConnection, Roles) {
+    let mut admin = PgConnection::establish(&pg_admin_url()).expect("admin connection");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; \
+             DO $$ BEGIN CREATE ROLE {account} NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+        ))
+        .expect("roles");
+    (admin, Roles(vec![role.to_string()]))
+}
+
+async fn a_shared_role_stays_until_the_last_grant_ends(backend: Backend) {
+    if !pg_available() {
+        return;
+    }
+    let role = test_role("wt_shared");
+    let resource: &'static str = Box::leak(format!("prod-db/{role}").into_boxed_str());
+    let (mut admin, _roles) = roles_for(role, "dave");
+    let app = app!(backend, &pg_config());
+
+    let jira = jira_approved(&app, "OPS-1", resource).await;
+    let sn = change(
+        &app,
+        "CHG0000001",
+        resource,
+        -2,
+        t0() + Duration::hours(1),
+        t0(),
+    )
+    .await;
+    app.run_jobs().await;
+    let (j, s) = (&app.grants_of(&jira).await[0], &app.grants_of(&sn).await[0]);
+    assert_eq!(
+        (j["state"].as_str(), s["state"].as_str()),
+        (Some("active"), Some("active"))
+    );
+    // One holds the access at the provider, the other shares it.
+    let mut parts = vec![j["access"].as_str(), s["access"].as_str()];
+    parts.sort();
+    assert_eq!(parts, vec![Some("held"), Some("shared")], "{j} {s}");
+    assert_eq!(members(&mut admin, role, "dave"), 1);
+    let holding = access(&app, "prod-db", "dave", role).await;
+    assert_eq!(holding.len(), 2, "{holding:?}");
+
+    // Closing the Jira issue ends its grant, on its own, but the role stays.
+    jira_closed(&app, "OPS-1", resource).await;
+    app.run_jobs().await;
+    let j = &app.grants_of(&jira).await[0];
+    assert_eq!(
+        (j["state"].as_str(), j["revoke_reason"].as_str()),
+        (Some("revoked"), Some("ticket_closed"))
+    );
+    let events = app.events_of(&jira).await;
+    let revoked = events
+        .iter()
+        .find(|e| e["type"] == "grant.revoked")
+        .unwrap();
+    assert_eq!(revoked["data"]["reason"], "ticket_closed", "{revoked}");
+    assert!(revoked["data"]["kept_by"].is_string(), "{revoked}");
+    assert_eq!(
+        members(&mut admin, role, "dave"),
+        1,
+        "the change still warrants it"
+    );
+    let holding = access(&app, "prod-db", "dave", role).await;
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    assert_eq!(holding[0]["access"], "held", "the change now holds it");
+
+    // Closing the change ends the last grant: the role is removed.
+    change(
+        &app,
+        "CHG0000001",
+        resource,
+        3,
+        t0() + Duration::hours(1),
+        t0() + Duration::minutes(11),
+    )
+    .await;
+    app.run_jobs().await;
+    let s = &app.grants_of(&sn).await[0];
+    assert_eq!(
+        (s["state"].as_str(), s["revoke_reason"].as_str()),
+        (Some("revoked"), Some("ticket_closed"))
+    );
+    assert_eq!(members(&mut admin, role, "dave"), 0);
+    assert!(access(&app, "prod-db", "dave", role).await.is_empty());
+}
+
+/// The same through the `http` provider, closing in the other order: one
+/// grant call, then a second only because the later grant ends later, and
+/// one revoke call when the last grant ends.
+async fn the_http_provider_hears_first_apply_later_end_and_last_remove(backend: Backend) {
+    let app = app!(backend);
+    let sn = change(
+        &app,
+        "CHG0000002",
+        "hooks/billing",
+        -2,
+        t0() + Duration::minutes(30),
+        t0(),
+    )
+    .await;
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&sn).await[0]["state"], "active");
+    // The Jira grant ends an hour after its approval: later than the change.
+    let jira = jira_approved(&app, "OPS-2", "hooks/billing").await;
+    app.run_jobs().await;
+    let j = &app.grants_of(&jira).await[0];
+    assert_eq!(j["state"], "active");
+    let calls = app.receiver.calls();
+    let seen: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c.action().to_string(),
+                c.body["grant_id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let s_id = app.grants_of(&sn).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j_id = j["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        seen,
+        vec![
+            ("grant".to_string(), s_id.clone()),
+            ("grant".to_string(), j_id.clone())
+        ],
+        "the provider hears the later end"
+    );
+    assert_eq!(calls[1].body["expires_at"], j["expires_at"]);
+
+    // A third grant of the same access that ends earlier rides on it: no call.
+    let early = change(
+        &app,
+        "CHG0000003",
+        "hooks/billing",
+        -2,
+        t0() + Duration::minutes(20),
+        t0(),
+    )
+    .await;
+    app.run_jobs().await;
+    let e = &app.grants_of(&early).await[0];
+    assert_eq!(
+        (e["state"].as_str(), e["access"].as_str()),
+        (Some("active"), Some("shared"))
+    );
+    assert_eq!(app.receiver.calls().len(), 2);
+
+    // The change closes first, then the early one expires: no call.
+    change(
+        &app,
+        "CHG0000002",
+        "hooks/billing",
+        3,
+        t0() + Duration::minutes(30),
+        t0() + Duration::minutes(1),
+    )
+    .await;
+    app.advance(Duration::minutes(21));
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&sn).await[0]["state"], "revoked");
+    let e = &app.grants_of(&early).await[0];
+    assert_eq!(
+        (e["state"].as_str(), e["revoke_reason"].as_str()),
+        (Some("revoked"), Some("expired"))
+    );
+    assert_eq!(app.receiver.calls().len(), 2, "{:?}", app.receiver.calls());
+
+    // The last one ends: one revoke.
+    jira_closed(&app, "OPS-2", "hooks/billing").await;
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&jira).await[0]["state"], "revoked");
+    let calls = app.receiver.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(
+        (calls[2].action(), calls[2].body["grant_id"].as_str()),
+        ("revoke", Some(j_id.as_str()))
+    );
+}
+
+/// Two replicas on one database, each handling one of the tickets and
+/// running its own jobs: the role stays while either grant lives.
+async fn two_replicas_share_one_access(backend: Backend) {
+    if !pg_available() {
+        return;
+    }
+    let role = test_role("wt_repl");
+    let resource: &'static str = Box::leak(format!("prod-db/{role}").into_boxed_str());
+    let (mut admin, _roles) = roles_for(role, "dave");
+    let a = app!(backend, &pg_config());
+    let b = a
+        .restart_with(|base| format!("{base}\n{}", pg_config()))
+        .await;
+
+    let jira = jira_approved(&a, "OPS-3", resource).await;
+    let sn = change(
+        &b,
+        "CHG0000004",
+        resource,
+        -2,
+        t0() + Duration::hours(1),
+        t0(),
+    )
+    .await;
+    let (ra, rb) = tokio::join!(a.run_jobs(), b.run_jobs());
+    assert!(ra + rb >= 2);
+    // A grant that waited for the other to settle runs on the next pass.
+    a.run_jobs().await;
+    b.run_jobs().await;
+    a.advance(Duration::seconds(1));
+    b.advance(Duration::seconds(1));
+    a.run_jobs().await;
+    b.run_jobs().await;
+    assert_eq!(
+        a.grants_of(&jira).await[0]["state"],
+        "active",
+        "{:#?}",
+        a.events_of(&jira).await
+    );
+    assert_eq!(a.grants_of(&sn).await[0]["state"], "active");
+    assert_eq!(members(&mut admin, role, "dave"), 1);
+
+    change(
+        &b,
+        "CHG0000004",
+        resource,
+        3,
+        t0() + Duration::hours(1),
+        t0() + Duration::minutes(1),
+    )
+    .await;
+    b.run_jobs().await;
+    a.run_jobs().await;
+    assert_eq!(a.grants_of(&sn).await[0]["state"], "revoked");
+    assert_eq!(
+        members(&mut admin, role, "dave"),
+        1,
+        "the Jira grant still holds it"
+    );
+
+    jira_closed(&a, "OPS-3", resource).await;
+    a.run_jobs().await;
+    b.run_jobs().await;
+    assert_eq!(a.grants_of(&jira).await[0]["state"], "revoked");
+    assert_eq!(members(&mut admin, role, "dave"), 0);
+}
+
+/// A role the account held by hand before its first grant: the grant
+/// records it (`grant.preexisting`, `preexisting` in its JSON), and the
+/// role is removed at the grant's end like any other.
+async fn standing_access_is_recorded_then_removed(backend: Backend) {
+    if !pg_available() {
+        return;
+    }
+    let role = test_role("wt_stand");
+    let resource: &'static str = Box::leak(format!("prod-db/{role}").into_boxed_str());
+    let (mut admin, _roles) = roles_for(role, "dave");
+    admin
+        .batch_execute(&format!("GRANT {role} TO dave"))
+        .expect("grant by hand");
+    let app = app!(backend, &pg_config());
+    let jira = jira_approved(&app, "OPS-4", resource).await;
+    app.run_jobs().await;
+    let g = &app.grants_of(&jira).await[0];
+    assert_eq!(g["state"], "active");
+    let id = g["id"].as_str().unwrap();
+    let (_, full) = app
+        .get_json(&format!("/v1/grants/{id}"), AUDITOR_TOKEN)
+        .await;
+    assert_eq!(
+        (full["access"].as_str(), full["preexisting"].as_bool()),
+        (Some("held"), Some(true)),
+        "{full}"
+    );
+    assert!(kinds(&app.events_of(&jira).await).contains(&"grant.preexisting".to_string()));
+    jira_closed(&app, "OPS-4", resource).await;
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&jira).await[0]["state"], "revoked");
+    assert_eq!(members(&mut admin, role, "dave"), 0);
+}
+
+backend_tests!(
+    standing_access_is_recorded_then_removed,
+    a_shared_role_stays_until_the_last_grant_ends,
+    the_http_provider_hears_first_apply_later_end_and_last_remove,
+    two_replicas_share_one_access,
+);
