@@ -506,9 +506,16 @@ fn reconcile_with(
     match &decision {
         Decision::Warrant(w) => {
             let resource = w.resource.to_string();
+            // A live grant of the same access stays, whatever approval it
+            // came from: a change that touches neither subject nor resource
+            // never revokes, and its window follows the decision in place.
+            let mut kept = false;
             for g in &live {
-                let same = g.origin == w.origin && g.subject == w.subject && g.resource == resource;
-                if !same {
+                let same = g.subject == w.subject && g.resource == resource;
+                if same && !kept {
+                    kept = true;
+                    crate::grants::follow_window(conn, g, w.starts_at, w.expires_at, now, events)?;
+                } else {
                     crate::grants::revoke(
                         conn,
                         config,
@@ -519,9 +526,10 @@ fn reconcile_with(
                     )?;
                 }
             }
-            let exists = all
-                .iter()
-                .any(|g| g.origin == w.origin && g.subject == w.subject && g.resource == resource);
+            let exists = kept
+                || all.iter().any(|g| {
+                    g.origin == w.origin && g.subject == w.subject && g.resource == resource
+                });
             if !exists {
                 let row = GrantRow {
                     id: uuid::Uuid::now_v7().to_string(),

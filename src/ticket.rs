@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Source, TicketKey};
+use std::cmp::Ordering;
+
+use crate::domain::{parse_duration, Source, TicketKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +57,56 @@ pub struct Approval {
     /// `Request::fingerprint` of the request as it was approved, or of the
     /// error text when the request was unreadable.
     pub fingerprint: String,
+    /// The request as it was approved, so a later edit can be told apart:
+    /// a narrowing needs no new approval, an extension waits for one.
+    /// (Absent in snapshots stored before it was kept.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+}
+
+/// How an edited request differs from the approved one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// Same subject and resource, a window inside the approved one.
+    Narrowed,
+    /// Same subject, resource and start, a later end.
+    Extended,
+    /// Anything else.
+    Other,
+}
+
+/// Compares an edited request with the approved one. Ends are compared as
+/// written (an end date against an end date, a duration against a
+/// duration); a change from one form to the other is `Other`.
+pub fn edit_of(approved: &Request, now: &Request) -> Edit {
+    if approved.subject != now.subject || approved.resource != now.resource {
+        return Edit::Other;
+    }
+    let start = match (approved.start, now.start) {
+        (None, None) => Ordering::Equal,
+        (Some(a), Some(b)) => b.cmp(&a),
+        _ => return Edit::Other,
+    };
+    let end = match (
+        (approved.end, approved.duration.as_deref()),
+        (now.end, now.duration.as_deref()),
+    ) {
+        ((Some(a), _), (Some(b), _)) => b.cmp(&a),
+        // A duration runs from the start, so a moved start moves its end.
+        ((None, Some(a)), (None, Some(b))) if start == Ordering::Equal => {
+            match (parse_duration(a), parse_duration(b)) {
+                (Ok(a), Ok(b)) => b.cmp(&a),
+                _ => return Edit::Other,
+            }
+        }
+        ((None, None), (None, None)) => Ordering::Equal,
+        _ => return Edit::Other,
+    };
+    match (start, end) {
+        (Ordering::Equal | Ordering::Greater, Ordering::Equal | Ordering::Less) => Edit::Narrowed,
+        (Ordering::Equal, Ordering::Greater) => Edit::Extended,
+        _ => Edit::Other,
+    }
 }
 
 /// Everything warrant knows of a ticket at one moment.
@@ -139,6 +191,10 @@ pub fn merge(prev: Option<&Snapshot>, ev: TicketEvent) -> Snapshot {
         approval: None,
     };
     let prev_approval = prev.and_then(|p| p.approval.clone());
+    // A record that showed as not approved (ServiceNow's approval back to
+    // `requested`) and is approved again carries a new approval, even by the
+    // same approvers: that is how an extension is approved.
+    let was_approved = prev.is_some_and(|p| p.approved);
     match ev.approval {
         ApprovalSignal::Given { by, at } => {
             snap.approved = true;
@@ -146,16 +202,24 @@ pub fn merge(prev: Option<&Snapshot>, ev: TicketEvent) -> Snapshot {
                 approvers: by,
                 at,
                 fingerprint: snap.request_fingerprint(),
+                request: snap.request.clone(),
             });
         }
         ApprovalSignal::Stated { by, at } => {
             snap.approved = true;
+            // More approvers on an unchanged request is not a new approval:
+            // the one warrant saw first still covers it, so its window stays.
+            let grown = |a: &Approval| {
+                a.fingerprint == snap.request_fingerprint()
+                    && a.approvers.iter().all(|x| by.contains(x))
+            };
             snap.approval = match prev_approval {
-                Some(a) if same_set(&a.approvers, &by) => Some(a),
+                Some(a) if was_approved && (same_set(&a.approvers, &by) || grown(&a)) => Some(a),
                 _ => Some(Approval {
                     approvers: by,
                     at,
                     fingerprint: snap.request_fingerprint(),
+                    request: snap.request.clone(),
                 }),
             };
         }
@@ -163,7 +227,15 @@ pub fn merge(prev: Option<&Snapshot>, ev: TicketEvent) -> Snapshot {
             snap.approved = true;
             snap.approval = prev_approval;
         }
-        ApprovalSignal::Carried { still: false } | ApprovalSignal::Withdrawn => {}
+        // Pending again (not rejected) after an edit that only extends the
+        // end: the approval of the shorter window is kept, so the grant
+        // keeps its approved end until the new one is approved.
+        ApprovalSignal::Carried { still: false } => {
+            snap.approval = prev_approval.filter(|a| {
+                matches!((&a.request, &snap.request), (Some(old), Some(new)) if edit_of(old, new) == Edit::Extended)
+            });
+        }
+        ApprovalSignal::Withdrawn => {}
     }
     snap
 }

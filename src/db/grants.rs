@@ -111,6 +111,26 @@ pub fn list(conn: &mut Conn<'_>, f: &Filter) -> Result<Vec<GrantRow>, StoreError
     Ok(dispatch!(conn, c => query!(c))?)
 }
 
+/// Moves a live grant's window in place (a narrowing, or an approved
+/// extension); answers whether the grant was still live.
+pub fn set_window(
+    conn: &mut Conn<'_>,
+    id: &str,
+    starts_at: i64,
+    expires_at: i64,
+    at: i64,
+) -> Result<bool, StoreError> {
+    let n = dispatch!(conn, c => diesel::update(grants::table.find(id))
+        .filter(grants::state.eq_any(LIVE))
+        .set((
+            grants::starts_at.eq(starts_at),
+            grants::expires_at.eq(expires_at),
+            grants::updated_at.eq(at),
+        ))
+        .execute(c))?;
+    Ok(n > 0)
+}
+
 /// A grant's row moving from one state to the next.
 pub struct GrantMove<'a> {
     pub id: &'a str,

@@ -65,6 +65,66 @@ pub fn insert(conn: &mut Conn<'_>, rows: &[GrantRow]) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// Moves a live grant's window to the one its ticket now warrants, in
+/// place: a later end is an extension (`grant.extended`), an earlier end or
+/// a later start a narrowing (`grant.narrowed`); the grant's job follows the
+/// new start (pending) or end (active). A grant already applied keeps its
+/// start. Nothing happens when the window is unchanged.
+pub fn follow_window(
+    conn: &mut Conn<'_>,
+    g: &GrantRow,
+    starts_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    events: &mut Vec<NewEvent>,
+) -> Result<(), StoreError> {
+    let state = g.state();
+    let start = if state == GrantState::Pending {
+        to_micros(starts_at)
+    } else {
+        g.starts_at
+    };
+    let end = to_micros(expires_at);
+    if (start, end) == (g.starts_at, g.expires_at) {
+        return Ok(());
+    }
+    let at = to_micros(now);
+    if !crate::db::grants::set_window(conn, &g.id, start, end, at)? {
+        return Ok(());
+    }
+    let moved = GrantRow {
+        starts_at: start,
+        expires_at: end,
+        ..g.clone()
+    };
+    match state {
+        GrantState::Pending => {
+            GrantJob::new(&g.id).enqueue(conn, from_micros(first_run(&moved)), now)?
+        }
+        GrantState::Active => GrantJob::new(&g.id).enqueue(conn, from_micros(end), now)?,
+        _ => {}
+    }
+    let kind = if end > g.expires_at {
+        "grant.extended"
+    } else {
+        "grant.narrowed"
+    };
+    let t = |us: i64| rfc3339(from_micros(us));
+    events.push(
+        NewEvent::new(
+            kind,
+            "warrant",
+            json!({
+                "from": { "starts_at": t(g.starts_at), "expires_at": t(g.expires_at) },
+                "to": { "starts_at": t(start), "expires_at": t(end) },
+            }),
+        )
+        .ticket(&g.ticket)
+        .grant(&g.id),
+    );
+    Ok(())
+}
+
 /// Who revokes a grant and why.
 #[derive(Debug, Clone, Copy)]
 pub struct Revocation<'a> {

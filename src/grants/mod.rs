@@ -9,7 +9,9 @@ pub mod job;
 pub mod ledger;
 mod lifecycle;
 
-pub use lifecycle::{create, created, expire, first_run, insert, revoke, step, Revocation, Step};
+pub use lifecycle::{
+    create, created, expire, first_run, follow_window, insert, revoke, step, Revocation, Step,
+};
 
 use serde::Serialize;
 

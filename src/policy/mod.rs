@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Policy};
 use crate::domain::{glob, parse_duration, DenyReason, Resource, Source};
-use crate::ticket::{Approval, Request, Snapshot, TicketStatus};
+use crate::ticket::{edit_of, Approval, Edit, Request, Snapshot, TicketStatus};
 
 /// A grant the ticket warrants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -137,7 +137,18 @@ pub fn approved_request<'s, 'c>(
     if let Some(why) = unwatched(snap, config) {
         return Err(denial(DenyReason::TicketClosed, why));
     }
-    if !snap.approved {
+    // While the source shows the approval as pending again because of an
+    // extension, the approved request still stands (see `ticket::merge`).
+    let pending_extension = match (&snap.approval, &snap.request) {
+        (
+            Some(Approval {
+                request: Some(a), ..
+            }),
+            Some(r),
+        ) => edit_of(a, r) == Edit::Extended,
+        _ => false,
+    };
+    if !snap.approved && !pending_extension {
         return Err(denial(
             DenyReason::NotApproved,
             format!("the ticket is not approved (status {})", snap.source_status),
@@ -156,12 +167,23 @@ pub fn approved_request<'s, 'c>(
             "the ticket shows as approved, but warrant did not see who approved it; approve it again",
         ));
     };
-    if approval.fingerprint != snap.request_fingerprint() {
-        return Err(denial(
-            DenyReason::RequestChanged,
-            "the request changed after it was approved; approve it again",
-        ));
-    }
+    // An edit after the approval: a narrowing stands without a new
+    // approval; an extension keeps the approved window until one comes;
+    // anything else must be approved again.
+    let request = if approval.fingerprint == snap.request_fingerprint() {
+        request
+    } else {
+        match approval.request.as_ref().map(|a| (a, edit_of(a, request))) {
+            Some((_, Edit::Narrowed)) => request,
+            Some((approved, Edit::Extended)) => approved,
+            _ => {
+                return Err(denial(
+                    DenyReason::RequestChanged,
+                    "the request changed after it was approved; approve it again",
+                ))
+            }
+        }
+    };
     let duration = request
         .duration
         .as_deref()

@@ -156,11 +156,16 @@ pub fn parse(cfg: &ServicenowSource, body: &[u8]) -> Result<Parsed, SourceError>
     let approved = text(record.get("approval"))
         .is_some_and(|a| a.trim().eq_ignore_ascii_case("approved"))
         && matches!(state, State::Known(-2 | -1, _));
+    let requested =
+        text(record.get("approval")).is_some_and(|a| a.trim().eq_ignore_ascii_case("requested"));
     let approval = if approved {
         ApprovalSignal::Stated {
             by: approvers(record.get("approved_by")),
             at: updated_at,
         }
+    } else if requested && status == TicketStatus::Open {
+        // Waiting for approval (again), not rejected.
+        ApprovalSignal::Carried { still: false }
     } else {
         ApprovalSignal::Withdrawn
     };
@@ -447,11 +452,16 @@ mod tests {
                 assert_eq!(ev.approval, ApprovalSignal::Withdrawn);
             }
         }
-        for approval in ["requested", "rejected", "not requested", ""] {
+        for approval in ["rejected", "not requested", ""] {
             let mut v = record();
             v["approval"] = json!(approval);
             assert_eq!(event(&v).approval, ApprovalSignal::Withdrawn, "{approval}");
         }
+        // Waiting for approval is not a rejection: an extension's approval
+        // memory survives it (`ticket::merge`).
+        let mut v = record();
+        v["approval"] = json!("requested");
+        assert_eq!(event(&v).approval, ApprovalSignal::Carried { still: false });
     }
 
     #[test]

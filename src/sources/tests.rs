@@ -318,7 +318,7 @@ fn servicenow_change_lifecycle() {
     let requested = ticket(sn(&fixture("servicenow-change-requested.json")));
     assert_eq!(requested.key.as_str(), "servicenow:CHG0030001");
     assert_eq!(requested.source_status, "Authorize");
-    assert_eq!(requested.approval, ApprovalSignal::Withdrawn);
+    assert_eq!(requested.approval, ApprovalSignal::Carried { still: false });
 
     let approved = ticket(sn(&fixture("servicenow-change-approved.json")));
     assert_eq!(approved.project, "change_request");

@@ -438,7 +438,173 @@ async fn standing_access_is_recorded_then_removed(backend: Backend) {
     assert_eq!(members(&mut admin, role, "dave"), 0);
 }
 
+/// A ServiceNow change with explicit fields, for the edits below.
+#[allow(clippy::too_many_arguments)]
+async fn change_as(
+    app: &TestApp,
+    delivery: &str,
+    number: &'static str,
+    approval: &'static str,
+    approved_by: Value,
+    end: DateTime<Utc>,
+    updated: DateTime<Utc>,
+) {
+    let c = payloads::Change {
+        number,
+        state: json!(-2),
+        approval,
+        approved_by,
+        assigned_to: "dave.jones",
+        resource: "hooks/billing",
+        start: t0() - Duration::minutes(5),
+        end,
+        updated,
+    };
+    let r = app
+        .post_servicenow(delivery, &payloads::servicenow(&c))
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+/// Changes after approval: a grown approver list leaves the grant alone
+/// (no call, no new grant); an earlier end applies at once, in place; a
+/// later end keeps the approved end until the change is approved again,
+/// then extends the same grant in place, with no revoke in between.
+async fn edits_after_approval_change_the_grant_in_place(backend: Backend) {
+    let app = app!(backend);
+    let key = "servicenow:CHG0000010";
+    let one = || json!("alice.smith");
+    change_as(
+        &app,
+        "e1",
+        "CHG0000010",
+        "approved",
+        one(),
+        t0() + Duration::hours(2),
+        t0(),
+    )
+    .await;
+    app.run_jobs().await;
+    let g = app.grants_of(key).await[0].clone();
+    assert_eq!(g["state"], "active");
+    let id = g["id"].as_str().unwrap().to_string();
+    assert_eq!(app.receiver.calls().len(), 1);
+
+    // Another approver: nothing moves.
+    let two = json!(["alice.smith", "bob.jones"]);
+    change_as(
+        &app,
+        "e2",
+        "CHG0000010",
+        "approved",
+        two.clone(),
+        t0() + Duration::hours(2),
+        t0() + Duration::seconds(1),
+    )
+    .await;
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        (all[0]["id"].as_str(), all[0]["state"].as_str()),
+        (Some(id.as_str()), Some("active"))
+    );
+    assert_eq!(all[0]["expires_at"], g["expires_at"]);
+    assert_eq!(app.receiver.calls().len(), 1);
+
+    // An earlier end: the same grant, its end moved, no call.
+    change_as(
+        &app,
+        "e3",
+        "CHG0000010",
+        "approved",
+        two.clone(),
+        t0() + Duration::hours(1),
+        t0() + Duration::seconds(2),
+    )
+    .await;
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["expires_at"], "2026-11-25T11:00:00Z");
+    assert_eq!(all[0]["state"], "active");
+    assert!(kinds(&app.events_of(key).await).contains(&"grant.narrowed".to_string()));
+
+    // A later end while the change waits for approval again: the approved
+    // end stays.
+    change_as(
+        &app,
+        "e4",
+        "CHG0000010",
+        "approved",
+        two.clone(),
+        t0() + Duration::hours(3),
+        t0() + Duration::seconds(3),
+    )
+    .await;
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(
+        (all.len(), all[0]["state"].as_str()),
+        (1, Some("active")),
+        "{all:?}"
+    );
+    assert_eq!(all[0]["expires_at"], "2026-11-25T11:00:00Z");
+
+    // Approved again (approval back to requested, then approved): the same
+    // grant is extended, never revoked, and the timer follows.
+    change_as(
+        &app,
+        "e5",
+        "CHG0000010",
+        "requested",
+        json!(""),
+        t0() + Duration::hours(3),
+        t0() + Duration::seconds(4),
+    )
+    .await;
+    change_as(
+        &app,
+        "e6",
+        "CHG0000010",
+        "approved",
+        two,
+        t0() + Duration::hours(3),
+        t0() + Duration::seconds(5),
+    )
+    .await;
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    let _ = all;
+    let events = kinds(&app.events_of(key).await);
+    let (_, full) = app
+        .get_json(&format!("/v1/grants/{id}"), AUDITOR_TOKEN)
+        .await;
+    assert!(
+        events.contains(&"grant.extended".to_string()),
+        "{events:?} {full}"
+    );
+    assert_eq!(full["expires_at"], "2026-11-25T13:00:00Z");
+    assert_eq!(full["state"], "active");
+    assert!(
+        !events.contains(&"revoke.requested".to_string()),
+        "{events:?}"
+    );
+    app.advance(Duration::hours(2));
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(key).await[0]["state"], "active");
+    app.advance(Duration::hours(1));
+    app.run_jobs().await;
+    let g = &app.grants_of(key).await[0];
+    assert_eq!(
+        (g["state"].as_str(), g["revoke_reason"].as_str()),
+        (Some("revoked"), Some("expired"))
+    );
+}
+
 backend_tests!(
+    edits_after_approval_change_the_grant_in_place,
     standing_access_is_recorded_then_removed,
     a_shared_role_stays_until_the_last_grant_ends,
     the_http_provider_hears_first_apply_later_end_and_last_remove,
