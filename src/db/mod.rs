@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod deliveries;
+pub mod drift;
 pub mod grants;
 pub mod jobs;
 pub mod keys;

@@ -104,6 +104,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    drift_findings (id) {
+        id -> Text,
+        provider -> Text,
+        account -> Text,
+        target -> Text,
+        found_at -> BigInt,
+        resolved_at -> Nullable<BigInt>,
+        state -> Text,
+    }
+}
+
+diesel::table! {
+    drift_checks (id) {
+        id -> Integer,
+        checked_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     deliveries,
     tickets,
@@ -113,4 +132,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
     audit_head,
     signing_keys,
+    drift_findings,
+    drift_checks,
 );
