@@ -1,6 +1,6 @@
 //! The running service, built from its parts: the workers' `Context`, the
 //! handlers' `AppState` around it, the HTTP server bound to its port, and
-//! the job runner and gauge refresher beside it. `App::build` binds (port
+//! the job runner, drift checker and gauge refresher beside it. `App::build` binds (port
 //! 0 in tests) and returns before serving, so callers can read the port.
 
 use std::net::TcpListener;
@@ -124,6 +124,7 @@ impl App {
         }
         let server = server.run();
         let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
+        let drift_stopped = loops_stopped.clone();
         {
             let st = ctx.clone();
             let stopped = loops_stopped.clone();
@@ -139,6 +140,8 @@ impl App {
             });
         }
         let runner = if options.run_jobs {
+            // Drift checks call providers, so they run where jobs run.
+            crate::drift::spawn(ctx.clone(), drift_stopped);
             Some(crate::jobs::Runner::spawn(ctx.clone()))
         } else {
             None

@@ -1,5 +1,6 @@
 //! The command line: parses arguments and calls into the library. Exit 0 on
-//! success, 1 on a failed check, 2 on bad usage or configuration.
+//! success, 1 on a failed check (a broken chain, drift found), 2 on bad
+//! usage or configuration.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,17 @@ pub enum Command {
         /// Only re-decide and schedule; leave the provider calls to `serve`.
         #[arg(long)]
         no_jobs: bool,
+    },
+    /// Check once what providers hold against the grants: access held
+    /// without a live grant is recorded (and removed in `revoke` mode), a
+    /// live grant's missing access applied again. Exits 1 on drift.
+    Drift {
+        /// Check only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage API tokens.
     Token {
@@ -236,6 +248,7 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
             tokio::task::block_in_place(|| audit_command(&config, command))
         }
         Command::Reconcile { no_jobs } => reconcile(config, no_jobs).await,
+        Command::Drift { provider, json } => drift(config, provider, json).await,
         Command::Token { .. } => ExitCode::from(2),
         Command::Serve { no_jobs } => {
             let options = Options {
@@ -540,6 +553,85 @@ async fn reconcile(config: Config, no_jobs: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+async fn drift(config: Config, provider: Option<String>, json: bool) -> ExitCode {
+    use crate::drift::DriftError;
+    if let Some(p) = provider.as_deref() {
+        if !config.providers.contains_key(p) {
+            eprintln!("error: --provider: no provider `{p}` is configured");
+            return ExitCode::from(2);
+        }
+    }
+    // Like `reconcile`: the workers' parts, without HTTP.
+    let ctx = match Context::new(config, Arc::new(SystemClock), Arc::new(crate::engine::Fold)) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(e),
+    };
+    let st = ctx.clone();
+    match tokio::task::spawn_blocking(move || st.db.migrate()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return fail(e),
+        Err(e) => return fail(e),
+    }
+    let report = match crate::drift::check_now(&ctx, provider.as_deref()).await {
+        Ok(r) => r,
+        Err(DriftError::Unknown(p)) => {
+            eprintln!("error: --provider: no provider `{p}` is configured");
+            return ExitCode::from(2);
+        }
+        Err(e) => return fail(e),
+    };
+    if json {
+        for i in &report.items {
+            println!("{}", serde_json::to_string(i).unwrap_or_default());
+        }
+    } else {
+        let width = |f: fn(&crate::drift::Item) -> &str, title: &str| {
+            report
+                .items
+                .iter()
+                .map(|i| f(i).chars().count())
+                .chain([title.len()])
+                .max()
+                .unwrap_or_default()
+        };
+        let (wp, wa, wt) = (
+            width(|i| &i.provider, "PROVIDER"),
+            width(|i| &i.account, "ACCOUNT"),
+            width(|i| &i.target, "TARGET"),
+        );
+        println!(
+            "{:<wp$}  {:<wa$}  {:<wt$}  STATE",
+            "PROVIDER", "ACCOUNT", "TARGET"
+        );
+        for i in &report.items {
+            let what = match &i.error {
+                Some(e) => format!("{} ({})", i.outcome.as_str(), crate::domain::printable(e)),
+                None => i.outcome.as_str().to_string(),
+            };
+            println!(
+                "{:<wp$}  {:<wa$}  {:<wt$}  {what}",
+                crate::domain::printable(&i.provider),
+                crate::domain::printable(&i.account),
+                crate::domain::printable(&i.target),
+            );
+        }
+    }
+    for e in &report.errors {
+        eprintln!("error: {}", crate::domain::printable(e));
+    }
+    let drifted = report.items.iter().filter(|i| i.outcome.is_drift()).count();
+    eprintln!(
+        "checked {} providers: {drifted} drifted, {} errors",
+        report.providers.len(),
+        report.errors.len()
+    );
+    if drifted > 0 || !report.errors.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

@@ -21,6 +21,7 @@ pub mod context;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod drift;
 pub mod engine;
 pub mod grants;
 pub mod intake;

@@ -53,6 +53,12 @@ pub struct JobLabels {
     pub outcome: String,
 }
 
+/// A provider's name, from the configured set only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -70,6 +76,8 @@ pub struct Metrics {
     pub revocations_unverified: Counter,
     /// Units per group-commit transaction.
     pub commit_batch: Histogram,
+    /// Open drift findings by provider, set by `drift` from the database.
+    pub drift_findings: Family<ProviderLabels, Gauge<i64, AtomicI64Wrap>>,
 }
 
 pub type AtomicI64Wrap = std::sync::atomic::AtomicI64;
@@ -99,6 +107,7 @@ impl Metrics {
         let revocation_lag = latency_histogram();
         let revocations_unverified = Counter::default();
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 8));
+        let drift_findings = Family::<ProviderLabels, Gauge<i64, AtomicI64Wrap>>::default();
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -137,6 +146,11 @@ impl Metrics {
             "Writes sharing one group-commit transaction",
             commit_batch.clone(),
         );
+        registry.register(
+            "drift_findings",
+            "Access held at a provider without a live grant, by provider",
+            drift_findings.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -149,6 +163,7 @@ impl Metrics {
             revocation_lag,
             revocations_unverified,
             commit_batch,
+            drift_findings,
         }
     }
 

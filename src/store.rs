@@ -25,7 +25,11 @@ pub async fn refresh_gauges_forever(ctx: Arc<Context>) {
     loop {
         tick.tick().await;
         let (c, now) = (ctx.clone(), ctx.clock.now());
-        match tokio::task::spawn_blocking(move || refresh_gauges(&c.db, &c.metrics, now)).await {
+        let refresh = move || {
+            refresh_gauges(&c.db, &c.metrics, now)?;
+            crate::drift::refresh_gauge(&c.db, &c.metrics, &c.config)
+        };
+        match tokio::task::spawn_blocking(refresh).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot refresh the metrics gauges"),
             Err(e) => tracing::error!(error = %e, "the metrics gauge refresh failed"),

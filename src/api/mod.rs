@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod auth;
 pub mod ci;
+pub mod drift;
 pub mod error;
 pub mod grants;
 pub mod health;
@@ -19,4 +20,5 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     grants::config(cfg);
     audit::config(cfg);
     ci::config(cfg);
+    drift::config(cfg);
 }

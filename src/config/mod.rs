@@ -2,11 +2,12 @@
 //! loading and validation. Every error names the key it is about, so
 //! `warrant check-config` can say exactly what to fix. Each part of the file
 //! has its own module: `runtime` (server, database, jobs), `access` (API
-//! tokens, identities, policies), `sources`, `providers`, `ci`, and
+//! tokens, identities, policies), `sources`, `providers`, `ci`, `drift`, and
 //! `secrets` for how secrets are read and kept.
 
 mod access;
 mod ci;
+mod drift;
 mod providers;
 mod runtime;
 pub(crate) mod secrets;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Deserializer};
 
 pub use access::{ApiConfig, ApiToken, Identity, Policy, Role};
 pub use ci::{CiConfig, CiIssuer, CiTrust};
+pub use drift::{DriftConfig, DriftMode};
 pub use providers::{
     GithubTeamProvider, HttpProvider, PostgresProvider, ProviderConfig, ProviderSection,
     TokenProvider, PROVIDER_KINDS,
@@ -93,6 +95,8 @@ pub struct Config {
     pub ci: CiConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub drift: DriftConfig,
 }
 
 /// Where the configuration file is: `--config`, else `WARRANT_CONFIG`, else `./warrant.toml`.
@@ -170,6 +174,7 @@ impl Config {
         access::validate_policies(&self.policies, &self.providers)?;
         self.ci.validate()?;
         self.jobs.validate()?;
+        self.drift.validate()?;
         providers::validate_timeouts(&self.providers, self.jobs.lease)
     }
 

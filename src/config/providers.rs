@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
 use super::secrets::{redacted, redacted_all};
-use super::{invalid, ConfigDuration, ConfigError, FIELD_MARK};
+use super::{invalid, ConfigDuration, ConfigError, DriftMode, FIELD_MARK};
 use crate::access::{Deps, Provider};
 use crate::domain::{Resource, TargetRule};
 
@@ -38,6 +38,11 @@ pub trait ProviderSection: TargetRule + fmt::Debug + Send + Sync {
     }
     /// The provider this section configures.
     fn build(&self, name: &str, deps: &Deps) -> Box<dyn Provider>;
+    /// The section's own drift mode, for a kind that lists holders and
+    /// takes `drift = ...` in its section; `None` follows `[drift]`.
+    fn drift(&self) -> Option<DriftMode> {
+        None
+    }
 }
 
 /// The registry of provider kinds: one line per kind, `"kind" =>
@@ -169,6 +174,16 @@ pub struct PostgresProvider {
     /// lock or a wait for a connection may take.
     #[serde(default = "default_provider_timeout")]
     pub timeout: ConfigDuration,
+    /// This provider's drift mode; default `[drift] drift`.
+    pub drift: Option<DriftMode>,
+    /// End the account's open sessions after its access is removed, so a
+    /// session that already did `SET ROLE` loses the role too.
+    #[serde(default = "yes")]
+    pub terminate_sessions: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Deserialize)]
@@ -245,6 +260,8 @@ impl fmt::Debug for PostgresProvider {
             .field("roles", &self.roles)
             .field("allow_privileged", &self.allow_privileged)
             .field("timeout", &self.timeout)
+            .field("drift", &self.drift)
+            .field("terminate_sessions", &self.terminate_sessions)
             .finish()
     }
 }

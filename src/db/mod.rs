@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 pub mod deliveries;
+pub mod drift;
 pub mod grants;
 pub mod jobs;
 pub mod keys;

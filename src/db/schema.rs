@@ -115,6 +115,25 @@ diesel::table! {
 
 diesel::joinable!(grant_access -> grants (grant_id));
 
+diesel::table! {
+    drift_findings (id) {
+        id -> Text,
+        provider -> Text,
+        account -> Text,
+        target -> Text,
+        found_at -> BigInt,
+        resolved_at -> Nullable<BigInt>,
+        state -> Text,
+    }
+}
+
+diesel::table! {
+    drift_checks (id) {
+        id -> Integer,
+        checked_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     grant_access,
     deliveries,
@@ -125,4 +144,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
     audit_head,
     signing_keys,
+    drift_findings,
+    drift_checks,
 );

@@ -24,6 +24,8 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 pub use crate::access::{Action, Call, Deps, Provider, ProviderError};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -87,12 +89,6 @@ impl Providers {
             .resource
             .split_once('/')
             .unwrap_or((g.resource.as_str(), ""));
-        let (Some(config), Some(kind)) = (
-            self.config.providers.get(provider),
-            self.built.get(provider),
-        ) else {
-            return Err(ProviderError::Unknown(provider.to_string()));
-        };
         // The decision checked this when the grant was made; a row written
         // before that, or by hand, still never gets access applied. Removal is
         // not refused: it must not be stopped by a target an older version
@@ -100,6 +96,9 @@ impl Providers {
         // quotes the role, http sends it as data, github_team refuses a URL
         // path that is not single encoded segments).
         if action == Action::Grant {
+            let Some(config) = self.config.providers.get(provider) else {
+                return Err(ProviderError::Unknown(provider.to_string()));
+            };
             if let Err(why) = config.check_target(provider, target) {
                 tracing::warn!(grant = %g.id, provider, "grant refused: bad target");
                 return Err(ProviderError::Refused(why));
@@ -116,9 +115,49 @@ impl Providers {
             starts_at: rfc3339(from_micros(g.starts_at)),
             expires_at: rfc3339(from_micros(g.expires_at)),
         };
+        self.send(provider, &call).await
+    }
+
+    /// Removes `account`'s access to `target` at provider `name` that no
+    /// grant holds (a drift finding): a revoke whose grant id is
+    /// `drift:FINDING`, with no ticket, and the account as its subject.
+    pub async fn remove_access(
+        &self,
+        name: &str,
+        account: &str,
+        target: &str,
+        finding: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), ProviderError> {
+        let grant_id = format!("drift:{finding}");
+        let resource = format!("{name}/{target}");
+        let at = rfc3339(at);
+        let call = Call {
+            action: Action::Revoke,
+            grant_id: &grant_id,
+            subject: account,
+            account,
+            resource: &resource,
+            target,
+            ticket: "",
+            starts_at: at.clone(),
+            expires_at: at,
+        };
+        self.send(name, &call).await
+    }
+
+    /// Makes one call at `provider` within its deadline, and logs it.
+    async fn send(&self, provider: &str, call: &Call<'_>) -> Result<(), ProviderError> {
+        let (Some(config), Some(kind)) = (
+            self.config.providers.get(provider),
+            self.built.get(provider),
+        ) else {
+            return Err(ProviderError::Unknown(provider.to_string()));
+        };
+        let action = call.action;
         let calling = match action {
-            Action::Grant => kind.apply(&call),
-            Action::Revoke => kind.remove(&call),
+            Action::Grant => kind.apply(call),
+            Action::Revoke => kind.remove(call),
         };
         // Every call ends within its provider's `timeout`, which the
         // configuration keeps shorter than the job's lease: a call never runs
@@ -136,12 +175,18 @@ impl Providers {
                 }),
             None => calling.await,
         };
+        let grant = call.grant_id;
         match &result {
             Ok(()) => {
-                tracing::info!(grant = %g.id, provider, action = action.as_str(), "provider call done")
+                tracing::info!(
+                    grant,
+                    provider,
+                    action = action.as_str(),
+                    "provider call done"
+                )
             }
             Err(e) => {
-                tracing::warn!(grant = %g.id, provider, action = action.as_str(), error = %e, "provider call failed")
+                tracing::warn!(grant, provider, action = action.as_str(), error = %e, "provider call failed")
             }
         }
         result

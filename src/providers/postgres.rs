@@ -11,6 +11,11 @@
 //! runs with `statement_timeout` set to the provider's `timeout` and
 //! `lock_timeout` to half of it, so a call cannot outlast a job's lease,
 //! and one stuck behind another session's lock says so.
+//!
+//! A role already taken with `SET ROLE` stays in force in that session
+//! after `REVOKE`, so with `terminate_sessions` (the default) a removal
+//! also ends the account's open sessions; until that succeeds the removal
+//! counts as failed and is retried.
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -22,7 +27,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{Action, Call, Deps, Provider, ProviderError};
 use crate::config::secrets::load_secret;
-use crate::config::{invalid, ConfigDuration, ConfigError, PostgresProvider, ProviderSection};
+use crate::config::{
+    invalid, ConfigDuration, ConfigError, DriftMode, PostgresProvider, ProviderSection,
+};
 use crate::domain::{check_pg_role, TargetRule};
 
 /// The `postgres` provider's target rule: one role name, and one of
@@ -72,6 +79,10 @@ impl ProviderSection for PostgresProvider {
 
     fn build(&self, name: &str, _deps: &Deps) -> Box<dyn Provider> {
         Box::new(Postgres::new(name, self))
+    }
+
+    fn drift(&self) -> Option<DriftMode> {
+        self.drift
     }
 }
 
@@ -137,6 +148,7 @@ pub struct Pool {
     /// The provider's name, for messages that point at its configuration.
     name: String,
     allow_privileged: Vec<String>,
+    terminate_sessions: bool,
 }
 
 impl Pool {
@@ -154,6 +166,7 @@ impl Pool {
                 .build_unchecked(manager),
             name: name.to_string(),
             allow_privileged: cfg.allow_privileged.clone(),
+            terminate_sessions: cfg.terminate_sessions,
         }
     }
 
@@ -163,6 +176,8 @@ impl Pool {
         let action = call.action;
         let role = call.target.to_string();
         let check = action == Action::Grant && !self.allow_privileged.contains(&role);
+        let terminate = action == Action::Revoke && self.terminate_sessions;
+        let account = call.account.to_string();
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(|_| {
@@ -177,21 +192,24 @@ impl Pool {
                 }
             }
             match conn.batch_execute(&sql) {
-                Ok(()) => Ok(()),
+                Ok(()) => {}
                 Err(e) => {
                     let msg = e.to_string();
                     // Revoking from a role or account that no longer exists
                     // leaves nothing to take away.
                     if action == Action::Revoke && msg.contains("does not exist") {
-                        Ok(())
-                    } else {
-                        Err(ProviderError::Call(crate::redact::redact(
-                            &format!("PostgreSQL: {msg}"),
-                            &[],
-                        )))
+                        return Ok(());
                     }
+                    return Err(ProviderError::Call(crate::redact::redact(
+                        &format!("PostgreSQL: {msg}"),
+                        &[],
+                    )));
                 }
             }
+            if terminate {
+                terminate_sessions(&mut conn, &account)?;
+            }
+            Ok(())
         })
         .await
         .map_err(|e| ProviderError::Call(e.to_string()))?
@@ -223,6 +241,37 @@ impl Pool {
         .await
         .map_err(|e| ProviderError::Call(e.to_string()))?
     }
+}
+
+/// Ends every session logged in as `account` (but this one): a session
+/// that did `SET ROLE` before the `REVOKE` would keep the role until it
+/// ends. Needs superuser or `pg_signal_backend` on the provider's login; a
+/// session that cannot be ended fails the removal, which is retried.
+fn terminate_sessions(conn: &mut PgConnection, account: &str) -> Result<(), ProviderError> {
+    #[derive(QueryableByName)]
+    struct Ended {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ended: bool,
+    }
+    let rows: Vec<Ended> = diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity \
+         WHERE usename = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<diesel::sql_types::Text, _>(account)
+    .load(conn)
+    .map_err(|e| {
+        ProviderError::Call(crate::redact::redact(
+            &format!("PostgreSQL: cannot end the account's sessions: {e}"),
+            &[],
+        ))
+    })?;
+    // `false` is a session that ended by itself between the read and the
+    // signal: gone either way.
+    let ended = rows.iter().filter(|r| r.ended).count();
+    if ended > 0 {
+        tracing::info!(sessions = ended, "ended the sessions of a revoked account");
+    }
+    Ok(())
 }
 
 /// Why granting `role` would hand out a privileged role, if it would: the

@@ -10,6 +10,7 @@ mod audit;
 mod audit_load;
 mod backlinks;
 mod ci;
+mod drift;
 mod health;
 mod hostile;
 mod http_bounds;

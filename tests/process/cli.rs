@@ -186,3 +186,83 @@ fn simulate_parses_each_source_and_decides() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not JSON"), "{err}");
 }
+
+/// `warrant drift` exits 0 when what the provider holds is warranted, 1
+/// when it finds a membership granted by hand (and prints it), and 2 for
+/// a provider that is not configured.
+#[test]
+fn drift_exits_1_when_it_finds_drift() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    if !crate::helpers::pg_available() {
+        return;
+    }
+    let s = uuid::Uuid::new_v4().simple().to_string();
+    let (role, account) = (format!("wt_cr_{}", &s[..10]), format!("wt_ca_{}", &s[..10]));
+    /// Drops the test's roles when it ends, passed or failed.
+    struct DropRoles(String, String);
+    impl Drop for DropRoles {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = diesel::PgConnection::establish(&crate::helpers::pg_admin_url())
+            {
+                let _ = admin.batch_execute(&format!(
+                    "DROP ROLE IF EXISTS {}; DROP ROLE IF EXISTS {};",
+                    self.1, self.0
+                ));
+            }
+        }
+    }
+    let mut admin = diesel::PgConnection::establish(&crate::helpers::pg_admin_url()).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; CREATE ROLE {account} NOLOGIN;"
+        ))
+        .unwrap();
+    let _roles = DropRoles(role.clone(), account.clone());
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[providers.prod-db]\nkind = \"postgres\"\nurl_env = \"PROD_DB_URL\"\ntimeout = \"5s\"\n\
+         [[policies]]\nname = \"db\"\nresources = [\"prod-db/{role}\"]\nsources = [\"github\"]\n\
+         approvers = [\"alice\"]\nmax_duration = \"4h\"\n"
+    );
+    let config = write_config(
+        dir.path(),
+        "w.toml",
+        &db.url,
+        "http://127.0.0.1:9/x",
+        free_port(),
+        &extra,
+    );
+    let (code, out, err) = run(&config, &["drift"]);
+    assert_eq!(code, 0, "{out}{err}");
+    admin
+        .batch_execute(&format!("GRANT {role} TO {account}"))
+        .unwrap();
+    let (code, out, err) = run(&config, &["drift"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&account))
+        .unwrap_or_default();
+    assert!(
+        line.contains("prod-db") && line.contains(&role) && line.ends_with("found"),
+        "{out}"
+    );
+    // Seen before: still drift, now `open`.
+    let (code, out, err) = run(&config, &["drift", "--provider", "prod-db", "--json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let item: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (
+            item["account"].as_str(),
+            item["outcome"].as_str(),
+            item["mode"].as_str()
+        ),
+        (Some(account.as_str()), Some("open"), Some("report")),
+        "{out}"
+    );
+    let (code, _, err) = run(&config, &["drift", "--provider", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--provider") && err.ends_with('\n'), "{err}");
+}

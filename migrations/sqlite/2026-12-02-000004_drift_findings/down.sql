@@ -1,0 +1,2 @@
+DROP TABLE drift_checks;
+DROP TABLE drift_findings;
