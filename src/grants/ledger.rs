@@ -151,7 +151,29 @@ pub fn plan_remove(
         .filter(|o| matches!(o.state(), GrantState::Active | GrantState::Granting))
         .max_by_key(|o| (o.state() == GrantState::Active, o.expires_at));
     let Some(keeper) = keeper else {
-        return Ok(Some(Remove::Call));
+        // Access the provider held before warrant's first grant of it, for
+        // an account kept out of drift checks, is standing access the team
+        // chose to keep: the grant ends, the access stays.
+        let standing = config.drift.is_exempt(&g.account)
+            && access::get(conn, &g.id)?.is_some_and(|a| a.preexisting);
+        if !standing {
+            return Ok(Some(Remove::Call));
+        }
+        if let Some(end) = end {
+            if !step(conn, config, g, end, events)? {
+                return Ok(None);
+            }
+        }
+        note(
+            events,
+            &g.id,
+            "grant.revoked",
+            "kept",
+            "standing access of an exempt account",
+        );
+        return Ok(Some(Remove::Kept {
+            by: "standing".into(),
+        }));
     };
     if let Some(end) = end {
         if !step(conn, config, g, end, events)? {

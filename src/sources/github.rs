@@ -1,7 +1,9 @@
 //! GitHub `issues` webhooks: which deliveries count, the ticket key
 //! `github:OWNER/REPO#N`, the request written in the issue form's sections
 //! (`### Resource`, `### Duration`, `### Start`), read as GitHub shows them
-//! to the approver (see `form`), and approval by label.
+//! to the approver (see `form`), and approval by label; a comment
+//! `/approve` on a labelled issue approves it again as it stands (how an
+//! extension is approved).
 
 use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret;
@@ -22,6 +24,10 @@ use crate::ticket::{ApprovalSignal, TicketEvent, TicketStatus};
 
 const WHAT: &str = "GitHub webhook payload";
 
+/// The comment that approves a request again (an extension) while the
+/// approval label stays on the issue.
+const APPROVE: &str = "/approve";
+
 /// What GitHub issue forms write for an optional field left empty.
 const NO_RESPONSE: &str = "_No response_";
 
@@ -32,7 +38,8 @@ pub fn parse(cfg: &GithubSource, event: &str, body: &[u8]) -> Result<Parsed, Sou
     if event.eq_ignore_ascii_case("ping") {
         return Ok(ignored("ping: GitHub is checking the webhook", None));
     }
-    if !event.eq_ignore_ascii_case("issues") {
+    let comment = event.eq_ignore_ascii_case("issue_comment");
+    if !event.eq_ignore_ascii_case("issues") && !comment {
         return Ok(ignored(
             format!("GitHub `{}` events carry no ticket change", quote(event)),
             None,
@@ -82,8 +89,52 @@ pub fn parse(cfg: &GithubSource, event: &str, body: &[u8]) -> Result<Parsed, Sou
     let source_status = if gone { action } else { state }.to_string();
 
     let label = &cfg.approval_label;
+    if comment {
+        // A new comment `/approve` by an allowed approver approves the
+        // request as it stands now (an extension's later end), on an issue
+        // that keeps its approval label; any other comment changes nothing.
+        let body = root
+            .get("comment")
+            .and_then(|c| c.get("body"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let approves = action == "created"
+            && body.lines().find(|l| !l.trim().is_empty()).map(str::trim) == Some(APPROVE);
+        if !approves {
+            return Ok(ignored(
+                "a comment other than `/approve` changes nothing",
+                None,
+            ));
+        }
+        // Anyone may comment on a public repository's issues; only the
+        // repository's people may approve (the policy then checks who).
+        let association = root
+            .get("comment")
+            .and_then(|c| c.get("author_association"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !matches!(association, "OWNER" | "MEMBER" | "COLLABORATOR") {
+            return Ok(ignored(
+                "`/approve` from outside the repository's owners, members and collaborators",
+                None,
+            ));
+        }
+        if !has_label(issue, label) || status != TicketStatus::Open {
+            return Ok(ignored(
+                "`/approve` counts only on an open issue that has the approval label",
+                None,
+            ));
+        }
+    }
     let event_label = need_label_name(&root, action)?;
     let approval = match (action, event_label) {
+        _ if comment => {
+            let by = need_str(&root, &["comment", "user", "login"], WHAT)?;
+            ApprovalSignal::Given {
+                by: vec![by.to_string()],
+                at: updated_at,
+            }
+        }
         ("labeled", Some(name)) if same_name(name, label) => {
             // The sender is whoever added the label: the approver.
             let by = need_str(&root, &["sender", "login"], WHAT)?;

@@ -113,6 +113,11 @@ pub fn parse(cfg: &JiraSource, body: &[u8]) -> Result<Parsed, SourceError> {
         ApprovalSignal::Given { by, at: updated_at }
     } else if approved(status_name) {
         ApprovalSignal::Carried { still: true }
+    } else if status == TicketStatus::Open {
+        // Out of an approved status into one still open (back to waiting)
+        // is approval pending again: `ticket::merge` keeps the approval only
+        // for an edit that extends the end, so anything else still revokes.
+        ApprovalSignal::Carried { still: false }
     } else if transitions
         .iter()
         .any(|(from, _)| from.is_some_and(approved))
@@ -502,7 +507,7 @@ mod tests {
             "indeterminate",
             status_change("Approved", "In Review"),
         ));
-        assert_eq!(ev.approval, ApprovalSignal::Withdrawn);
+        assert_eq!(ev.approval, ApprovalSignal::Carried { still: false });
         let ev = event(&payload("jira:issue_created", "Open", "new", Value::Null));
         assert_eq!(ev.approval, ApprovalSignal::Carried { still: false });
 

@@ -249,7 +249,9 @@ fn jira_issue_lifecycle() {
     assert_eq!(edited.approval, ApprovalSignal::Carried { still: true });
     assert_eq!(edited.request.as_ref().unwrap().resource, "prod-db/admin");
     let withdrawn = ticket(jr(&fixture("jira-issue-updated-withdrawn.json")));
-    assert_eq!(withdrawn.approval, ApprovalSignal::Withdrawn);
+    // Back to waiting: approval pending again. The merge keeps the old
+    // approval only for an extension, so this still revokes otherwise.
+    assert_eq!(withdrawn.approval, ApprovalSignal::Carried { still: false });
     let done = ticket(jr(&fixture("jira-issue-updated-done.json")));
     assert_eq!(
         (done.status, done.source_status.as_str()),

@@ -603,7 +603,256 @@ async fn edits_after_approval_change_the_grant_in_place(backend: Backend) {
     );
 }
 
+/// GitHub: a later duration edited into the form keeps the approved end
+/// while the label stays; `/approve` from an allowed approver who belongs
+/// to the repository extends the grant in place; `/approve` from outside
+/// the repository, or another comment, changes nothing; removing the label
+/// revokes.
+async fn github_extensions_are_approved_by_comment(backend: Backend) {
+    let app = app!(backend);
+    let key = "github:acme/access-requests#20";
+    let mut issue = crate::payloads::Issue::new(20, t0());
+    issue.body = payloads::form("hooks/billing", "1h", None);
+    issue.labels = vec!["access-approved"];
+    let r = app
+        .post_github(
+            "issues",
+            "x1",
+            &payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.run_jobs().await;
+    let g = app.grants_of(key).await[0].clone();
+    assert_eq!(
+        (g["state"].as_str(), g["expires_at"].as_str()),
+        (Some("active"), Some("2026-11-25T11:00:00Z"))
+    );
+
+    // Another label, added by anyone: nothing moves.
+    issue.labels = vec!["access-approved", "urgent"];
+    issue.updated_at = t0() + Duration::milliseconds(500);
+    let r = app
+        .post_github(
+            "issues",
+            "x1b",
+            &payloads::github("labeled", &issue, "mallory-gh", Some("urgent")),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(
+        (all.len(), all[0]["id"].as_str()),
+        (1, g["id"].as_str()),
+        "{all:?}"
+    );
+    assert_eq!(app.receiver.calls().len(), 1);
+
+    issue.body = payloads::form("hooks/billing", "3h", None);
+    issue.updated_at = t0() + Duration::seconds(1);
+    let r = app
+        .post_github(
+            "issues",
+            "x2",
+            &payloads::github("edited", &issue, "dave-gh", None),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    issue.updated_at = t0() + Duration::seconds(2);
+    for (n, (who, association, text)) in [
+        ("mallory-gh", "NONE", "/approve"),
+        ("alice-gh", "MEMBER", "looks fine to me"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = payloads::github_comment(&issue, who, association, text);
+        assert_eq!(
+            app.post_github("issue_comment", &format!("c{n}"), &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        (all[0]["state"].as_str(), all[0]["expires_at"].as_str()),
+        (Some("active"), Some("2026-11-25T11:00:00Z"))
+    );
+
+    issue.updated_at = t0() + Duration::seconds(3);
+    let body = payloads::github_comment(
+        &issue,
+        "alice-gh",
+        "MEMBER",
+        "/approve\n\nfor the migration",
+    );
+    assert_eq!(
+        app.post_github("issue_comment", "c9", &body).await.status(),
+        200
+    );
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        (all[0]["id"].as_str(), all[0]["state"].as_str()),
+        (g["id"].as_str(), Some("active"))
+    );
+    assert_eq!(all[0]["expires_at"], "2026-11-25T13:00:00Z");
+    let events = kinds(&app.events_of(key).await);
+    assert!(events.contains(&"grant.extended".to_string()), "{events:?}");
+    assert!(
+        !events.contains(&"revoke.requested".to_string()),
+        "{events:?}"
+    );
+    assert_eq!(app.receiver.calls().len(), 1);
+
+    // Taking the label away is a rejection: the grant is revoked.
+    issue.labels = vec![];
+    issue.updated_at = t0() + Duration::seconds(4);
+    let r = app
+        .post_github(
+            "issues",
+            "x3",
+            &payloads::github("unlabeled", &issue, "alice-gh", Some("access-approved")),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.run_jobs().await;
+    let g = &app.grants_of(key).await[0];
+    assert_eq!(
+        (g["state"].as_str(), g["revoke_reason"].as_str()),
+        (Some("revoked"), Some("approval_withdrawn"))
+    );
+}
+
+/// Jira: a later duration that sends the issue back to a waiting status
+/// keeps the approved end; moving it to Approved again extends the grant
+/// in place; a rejection (a closed status) revokes.
+async fn jira_extensions_are_approved_by_transition(backend: Backend) {
+    let app = app!(backend);
+    let key = "jira:OPS-30";
+    let mut issue = JiraIssue::new("OPS-30");
+    issue.resource = "hooks/billing";
+    let created = payloads::jira("jira:issue_created", &issue, DAVE_JIRA, t0(), None);
+    assert_eq!(app.post_jira("y1", &created).await.status(), 200);
+    issue.status = "Approved";
+    issue.category = "indeterminate";
+    let approved = payloads::jira(
+        "jira:issue_updated",
+        &issue,
+        ALICE_JIRA,
+        t0(),
+        Some(("Open", "Approved")),
+    );
+    assert_eq!(app.post_jira("y2", &approved).await.status(), 200);
+    app.run_jobs().await;
+    let g = app.grants_of(key).await[0].clone();
+    assert_eq!(
+        (g["state"].as_str(), g["expires_at"].as_str()),
+        (Some("active"), Some("2026-11-25T11:00:00Z"))
+    );
+
+    issue.duration = Some("3h");
+    issue.status = "Waiting for approval";
+    issue.category = "new";
+    let waiting = payloads::jira(
+        "jira:issue_updated",
+        &issue,
+        DAVE_JIRA,
+        t0() + Duration::seconds(1),
+        Some(("Approved", "Waiting for approval")),
+    );
+    assert_eq!(app.post_jira("y3", &waiting).await.status(), 200);
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        (all[0]["state"].as_str(), all[0]["expires_at"].as_str()),
+        (Some("active"), Some("2026-11-25T11:00:00Z"))
+    );
+
+    issue.status = "Approved";
+    issue.category = "indeterminate";
+    let again = payloads::jira(
+        "jira:issue_updated",
+        &issue,
+        ALICE_JIRA,
+        t0() + Duration::seconds(2),
+        Some(("Waiting for approval", "Approved")),
+    );
+    assert_eq!(app.post_jira("y4", &again).await.status(), 200);
+    app.run_jobs().await;
+    let all = app.grants_of(key).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        (all[0]["id"].as_str(), all[0]["state"].as_str()),
+        (g["id"].as_str(), Some("active"))
+    );
+    assert_eq!(all[0]["expires_at"], "2026-11-25T13:00:00Z");
+    let events = kinds(&app.events_of(key).await);
+    assert!(events.contains(&"grant.extended".to_string()), "{events:?}");
+    assert!(
+        !events.contains(&"revoke.requested".to_string()),
+        "{events:?}"
+    );
+
+    // Another later end, then a rejection: revoked.
+    issue.duration = Some("4h");
+    issue.status = "Rejected";
+    issue.category = "done";
+    let rejected = payloads::jira(
+        "jira:issue_updated",
+        &issue,
+        ALICE_JIRA,
+        t0() + Duration::seconds(3),
+        Some(("Approved", "Rejected")),
+    );
+    assert_eq!(app.post_jira("y5", &rejected).await.status(), 200);
+    app.run_jobs().await;
+    let g = &app.grants_of(key).await[0];
+    assert_eq!(
+        (g["state"].as_str(), g["revoke_reason"].as_str()),
+        (Some("revoked"), Some("ticket_closed"))
+    );
+}
+
+/// The same for an account in `[drift] exempt_accounts`: its standing
+/// access stays when the grant ends.
+async fn an_exempt_accounts_standing_access_stays(backend: Backend) {
+    if !pg_available() {
+        return;
+    }
+    let role = test_role("wt_exempt");
+    let resource: &'static str = Box::leak(format!("prod-db/{role}").into_boxed_str());
+    let (mut admin, _roles) = roles_for(role, "dave");
+    admin
+        .batch_execute(&format!("GRANT {role} TO dave"))
+        .expect("grant by hand");
+    let app = app!(
+        backend,
+        &format!("{}\n[drift]\nexempt_accounts = [\"dave\"]\n", pg_config())
+    );
+    let jira = jira_approved(&app, "OPS-5", resource).await;
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&jira).await[0]["preexisting"], true);
+    jira_closed(&app, "OPS-5", resource).await;
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&jira).await[0]["state"], "revoked");
+    assert_eq!(
+        members(&mut admin, role, "dave"),
+        1,
+        "standing access stays"
+    );
+}
+
 backend_tests!(
+    an_exempt_accounts_standing_access_stays,
+    github_extensions_are_approved_by_comment,
+    jira_extensions_are_approved_by_transition,
     edits_after_approval_change_the_grant_in_place,
     standing_access_is_recorded_then_removed,
     a_shared_role_stays_until_the_last_grant_ends,

@@ -194,3 +194,15 @@ pub fn jira_moved(issue: &JiraIssue, old_key: &str, user_id: &str, at: DateTime<
     ] });
     v
 }
+
+/// A GitHub `issue_comment` `created` event: `sender` comments `body` on
+/// the issue as it is, with `association` (`MEMBER`, `NONE`, …).
+pub fn github_comment(issue: &Issue, sender: &str, association: &str, body: &str) -> Value {
+    let mut v = github("created", issue, sender, None);
+    v["comment"] = json!({
+        "id": 1_500_000 + issue.number, "body": body, "user": user(sender, 33),
+        "author_association": association,
+        "created_at": issue.updated_at.to_rfc3339(), "updated_at": issue.updated_at.to_rfc3339(),
+    });
+    v
+}
