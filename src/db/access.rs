@@ -10,14 +10,11 @@ use super::grants::GrantRow;
 use super::schema::{grant_access, grants};
 use super::{Conn, StoreError};
 use crate::dispatch;
+use crate::domain::GrantState;
 
 /// Namespaces the access locks among other advisory-lock users (the ticket
 /// locks use their own seed).
 const ACCESS_LOCK_SEED: i64 = 7_426_210_005;
-
-/// The states in which a grant holds, or is about to hold, its access at
-/// the provider.
-pub const HOLDING: [&str; 3] = ["granting", "active", "revoking"];
 
 /// A grant's part in its access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,18 +60,40 @@ pub fn lock(conn: &mut Conn<'_>, resource: &str, account: &str) -> Result<(), St
     Ok(())
 }
 
-/// The other grants holding (or about to hold) the same access as `g`,
-/// oldest first.
-pub fn others(conn: &mut Conn<'_>, g: &GrantRow) -> Result<Vec<GrantRow>, StoreError> {
+/// Another grant of the same access as `g`, in `state`: the one that ends
+/// last. One row, however many grants share the access.
+pub fn other_in(
+    conn: &mut Conn<'_>,
+    g: &GrantRow,
+    state: GrantState,
+) -> Result<Option<GrantRow>, StoreError> {
     Ok(dispatch!(conn, c => grants::table
         .filter(grants::resource.eq(&g.resource))
         .filter(grants::account.eq(&g.account))
-        .filter(grants::state.eq_any(HOLDING))
+        .filter(grants::state.eq(state.as_str()))
+        .filter(grants::id.ne(&g.id))
+        .order((grants::expires_at.desc(), grants::id.asc()))
+        .select(GrantRow::as_select())
+        .first(c)
+        .optional())?)
+}
+
+/// The other grants of the same access as `g` being applied now, oldest
+/// first (a handful at most: each waits or calls for a moment).
+pub fn others_granting(conn: &mut Conn<'_>, g: &GrantRow) -> Result<Vec<GrantRow>, StoreError> {
+    Ok(dispatch!(conn, c => grants::table
+        .filter(grants::resource.eq(&g.resource))
+        .filter(grants::account.eq(&g.account))
+        .filter(grants::state.eq(GrantState::Granting.as_str()))
         .filter(grants::id.ne(&g.id))
         .order((grants::created_at.asc(), grants::id.asc()))
+        .limit(GRANTING_LIMIT)
         .select(GrantRow::as_select())
         .load(c))?)
 }
+
+/// How many applying grants of one access are looked at.
+const GRANTING_LIMIT: i64 = 256;
 
 /// The live grants (pending through revoking) holding an access, oldest
 /// first.

@@ -56,15 +56,14 @@ pub fn plan_apply(
     events: &mut Vec<NewEvent>,
 ) -> Result<Option<Apply>, StoreError> {
     access::lock(conn, &g.resource, &g.account)?;
-    let others = access::others(conn, g)?;
-    if let Some(r) = others.iter().find(|o| o.state() == GrantState::Revoking) {
-        return waiting(conn, wait, r);
+    if let Some(r) = access::other_in(conn, g, GrantState::Revoking)? {
+        return waiting(conn, wait, &r);
     }
-    let active = others
-        .iter()
-        .filter(|o| o.state() == GrantState::Active)
-        .max_by_key(|o| o.expires_at);
-    if let Some(h) = active.filter(|h| !carries_end || h.expires_at >= g.expires_at) {
+    let active = access::other_in(conn, g, GrantState::Active)?;
+    if let Some(h) = active
+        .as_ref()
+        .filter(|h| !carries_end || h.expires_at >= g.expires_at)
+    {
         if !step(conn, config, g, activate, events)? {
             return Ok(None);
         }
@@ -80,10 +79,7 @@ pub fn plan_apply(
     let mine = access::get(conn, &g.id)?;
     let calling = mine.is_some_and(|a| a.role == Role::Held.as_str());
     if !calling {
-        let granting: Vec<&GrantRow> = others
-            .iter()
-            .filter(|o| o.state() == GrantState::Granting)
-            .collect();
+        let granting = access::others_granting(conn, g)?;
         let ids: Vec<String> = granting.iter().map(|o| o.id.clone()).collect();
         let roles = access::of(conn, &ids)?;
         let first = granting.iter().find(|o| {
@@ -98,9 +94,9 @@ pub fn plan_apply(
     }
     access::set_role(conn, &g.id, Role::Held, false, to_micros(activate.now))?;
     // A later end than an active holder's: this grant now holds the access
-    // at the provider, the others ride on it.
-    for o in others.iter().filter(|o| o.state() == GrantState::Active) {
-        access::set_role(conn, &o.id, Role::Shared, false, to_micros(activate.now))?;
+    // at the provider, the one that ended first rides on it.
+    if let Some(h) = &active {
+        access::set_role(conn, &h.id, Role::Shared, false, to_micros(activate.now))?;
     }
     Ok(Some(Apply::Call {
         alone: active.is_none(),
@@ -145,11 +141,10 @@ pub fn plan_remove(
     events: &mut Vec<NewEvent>,
 ) -> Result<Option<Remove>, StoreError> {
     access::lock(conn, &g.resource, &g.account)?;
-    let others = access::others(conn, g)?;
-    let keeper = others
-        .iter()
-        .filter(|o| matches!(o.state(), GrantState::Active | GrantState::Granting))
-        .max_by_key(|o| (o.state() == GrantState::Active, o.expires_at));
+    let keeper = match access::other_in(conn, g, GrantState::Active)? {
+        Some(k) => Some(k),
+        None => access::other_in(conn, g, GrantState::Granting)?,
+    };
     let Some(keeper) = keeper else {
         // Access the provider held before warrant's first grant of it, for
         // an account kept out of drift checks, is standing access the team
@@ -226,9 +221,8 @@ pub fn wake_waiting(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     access::lock(conn, &g.resource, &g.account)?;
-    let waiting: Vec<String> = access::others(conn, g)?
+    let waiting: Vec<String> = access::others_granting(conn, g)?
         .iter()
-        .filter(|o| o.state() == GrantState::Granting)
         .map(|o| GrantJob::new(&o.id).dedupe_key())
         .collect();
     crate::db::jobs::wake(conn, &waiting, now)
