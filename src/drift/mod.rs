@@ -156,13 +156,17 @@ pub async fn check_now(ctx: &Arc<Context>, only: Option<&str>) -> Result<Report,
         return Err(DriftError::Busy);
     };
     let now = ctx.clock.now();
-    let report = check(ctx, only, now).await;
-    if report.is_ok() && only.is_none() {
-        let at = to_micros(now);
-        blocking(ctx, move |db| db.write(|c| store::set_last_check(c, at))).await?;
+    let ran = async {
+        let report = check(ctx, only, now).await?;
+        if only.is_none() {
+            let at = to_micros(now);
+            blocking(ctx, move |db| db.write(|c| store::set_last_check(c, at))).await?;
+        }
+        Ok(report)
     }
+    .await;
     schedule::release(lock).await;
-    Ok(report?)
+    ran
 }
 
 /// One check (the caller holds the check lock): every provider, or only
