@@ -6,8 +6,8 @@
 //! finding (one row and one audit event each), and the next, which finds
 //! them all already open. Exits 1 if a check takes 5 s or more.
 //!
-//! The member roles are made once and kept between runs (`wb_dm_N`,
-//! cluster-wide); `DRIFT_DROP=1` drops them at the end.
+//! The member roles (`wb_dm_N`, cluster-wide) are dropped at the end;
+//! `DRIFT_KEEP=1` keeps them for the next run, which then skips making them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -53,29 +53,44 @@ fn members(n: i64) {
     }
     let started = Instant::now();
     c.batch_execute(&format!(
-        "DO $$ BEGIN \
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') THEN \
-             CREATE ROLE {ROLE} NOLOGIN; END IF; \
-           FOR i IN 1..{n} LOOP \
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'wb_dm_' || i) THEN \
-               EXECUTE format('CREATE ROLE wb_dm_%s NOLOGIN', i); END IF; \
-             EXECUTE format('GRANT {ROLE} TO wb_dm_%s', i); \
-           END LOOP; END $$;"
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') THEN \
+           CREATE ROLE {ROLE} NOLOGIN; END IF; END $$;"
     ))
-    .expect("create the member roles");
+    .expect("create the role");
+    // A few thousand per transaction, as `drop_members` does.
+    for from in (1..=n).step_by(5000) {
+        let to = (from + 4999).min(n);
+        c.batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN {from}..{to} LOOP \
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'wb_dm_' || i) THEN \
+                 EXECUTE format('CREATE ROLE wb_dm_%s NOLOGIN', i); END IF; \
+               EXECUTE format('GRANT {ROLE} TO wb_dm_%s', i); \
+             END LOOP; END $$;"
+        ))
+        .expect("create the member roles");
+    }
     println!(
         "set-up: {n} members of {ROLE} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
 
+/// Drops the member roles, a few thousand per transaction: each drop
+/// holds a lock until its transaction ends, and the server's lock table
+/// has room for only so many.
 fn drop_members(n: i64) {
     let mut c = admin();
-    let _ = c.batch_execute(&format!(
-        "DO $$ BEGIN FOR i IN 1..{n} LOOP \
-           EXECUTE format('DROP ROLE IF EXISTS wb_dm_%s', i); END LOOP; END $$; \
-         DROP ROLE IF EXISTS {ROLE};"
-    ));
+    for from in (1..=n).step_by(5000) {
+        let to = (from + 4999).min(n);
+        if let Err(e) = c.batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN {from}..{to} LOOP \
+               EXECUTE format('DROP ROLE IF EXISTS wb_dm_%s', i); END LOOP; END $$;"
+        )) {
+            println!("cannot drop the member roles: {e}");
+            return;
+        }
+    }
+    let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {ROLE}"));
 }
 
 fn config(db_url: &str) -> Config {
@@ -159,7 +174,7 @@ fn main() {
     drop(runtime);
     let _ = admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 
-    if std::env::var_os("DRIFT_DROP").is_some() {
+    if std::env::var_os("DRIFT_KEEP").is_none() {
         drop_members(n);
     }
     if worst >= LIMIT {
