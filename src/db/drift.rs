@@ -83,16 +83,51 @@ pub fn open_counts(conn: &mut Conn<'_>) -> Result<Vec<(String, i64)>, StoreError
 
 /// Records new findings; answers the ids of those written. One already
 /// open for the same access (another check got there first) is skipped.
+/// On PostgreSQL one statement per thousand rows, the columns bound as
+/// arrays; on SQLite one prepared single-row statement per row, which
+/// needs no statement journal (a multi-row insert that may stop half way
+/// keeps one).
 pub fn insert(conn: &mut Conn<'_>, rows: &[FindingRow]) -> Result<Vec<String>, StoreError> {
     let mut written = Vec::with_capacity(rows.len());
-    // Seven parameters a row: well inside both backends' limits.
-    for chunk in rows.chunks(1000) {
-        let ids: Vec<String> = dispatch!(conn, c => diesel::insert_into(drift_findings::table)
-            .values(chunk)
-            .on_conflict_do_nothing()
-            .returning(drift_findings::id)
-            .get_results(c))?;
-        written.extend(ids);
+    match conn {
+        Conn::Postgres(c) => {
+            use diesel::sql_types::{Array, BigInt, Text};
+            #[derive(QueryableByName)]
+            struct Id {
+                #[diesel(sql_type = Text)]
+                id: String,
+            }
+            let col = |f: fn(&FindingRow) -> &str, chunk: &[FindingRow]| {
+                chunk.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
+            };
+            for chunk in rows.chunks(1000) {
+                let ids: Vec<Id> = super::prepared::Statement::new(
+                    "INSERT INTO drift_findings (id, provider, account, target, found_at, state) \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                     $5::bigint[], $6::text[]) \
+                     ON CONFLICT DO NOTHING RETURNING id",
+                )
+                .bind::<Array<Text>, _>(col(|r| &r.id, chunk))
+                .bind::<Array<Text>, _>(col(|r| &r.provider, chunk))
+                .bind::<Array<Text>, _>(col(|r| &r.account, chunk))
+                .bind::<Array<Text>, _>(col(|r| &r.target, chunk))
+                .bind::<Array<BigInt>, _>(chunk.iter().map(|r| r.found_at).collect::<Vec<i64>>())
+                .bind::<Array<Text>, _>(col(|r| &r.state, chunk))
+                .load(&mut **c)?;
+                written.extend(ids.into_iter().map(|i| i.id));
+            }
+        }
+        Conn::Sqlite(c) => {
+            for row in rows {
+                let n = diesel::insert_into(drift_findings::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)?;
+                if n > 0 {
+                    written.push(row.id.clone());
+                }
+            }
+        }
     }
     Ok(written)
 }

@@ -40,6 +40,11 @@ pub use schedule::{run_forever, run_if_due, spawn, Due};
 /// head for its whole length.
 const WRITE_CHUNK: usize = 1000;
 
+/// Chunks of new findings queued for the commit lane at once: enough to
+/// keep its writer busy, few enough that one transaction (the lane takes
+/// what is queued) stays short beside the webhooks it serves.
+const IN_FLIGHT: usize = 4;
+
 /// Removal rounds per check: remove, read the holders back, remove what
 /// is still there. What outlasts them stays open for the next check.
 const REMOVE_ROUNDS: usize = 3;
@@ -151,13 +156,17 @@ pub async fn check_now(ctx: &Arc<Context>, only: Option<&str>) -> Result<Report,
         return Err(DriftError::Busy);
     };
     let now = ctx.clock.now();
-    let report = check(ctx, only, now).await;
-    if report.is_ok() && only.is_none() {
-        let at = to_micros(now);
-        blocking(ctx, move |db| db.write(|c| store::set_last_check(c, at))).await?;
+    let ran = async {
+        let report = check(ctx, only, now).await?;
+        if only.is_none() {
+            let at = to_micros(now);
+            blocking(ctx, move |db| db.write(|c| store::set_last_check(c, at))).await?;
+        }
+        Ok(report)
     }
+    .await;
     schedule::release(lock).await;
-    Ok(report?)
+    ran
 }
 
 /// One check (the caller holds the check lock): every provider, or only
@@ -180,7 +189,9 @@ pub async fn check(
     }
     let st = ctx.clone();
     blocking(ctx, move |db| refresh_gauge(db, &st.metrics, &st.config)).await?;
-    for i in &report.items {
+    // A finding still open was logged when found; a large role would
+    // otherwise repeat every one of them at every check.
+    for i in report.items.iter().filter(|i| i.outcome != Outcome::Open) {
         tracing::info!(
             provider = %i.provider,
             account = %i.account,
@@ -230,12 +241,12 @@ fn configured_targets(config: &Config, provider: &str) -> BTreeSet<String> {
 fn covered_by<'a>(
     grants: impl Iterator<Item = &'a HeldBy>,
     prefix: &str,
-) -> HashSet<(String, String)> {
+) -> HashSet<(&'a str, &'a str)> {
     grants
         .filter_map(|g| {
             g.resource
                 .strip_prefix(prefix)
-                .map(|t| (g.account.clone(), t.to_string()))
+                .map(|t| (g.account.as_str(), t))
         })
         .collect()
 }
@@ -297,62 +308,62 @@ async fn check_provider(
     let covered = covered_by(before.iter().chain(after.iter()), &prefix);
     let exempt = &ctx.config.drift;
 
-    // Held now without a grant, by an account not exempt.
-    let mut held: BTreeSet<(String, String)> = BTreeSet::new();
-    for (target, holders) in &listed {
-        for account in holders {
-            let key = (account.clone(), target.clone());
-            if !exempt.is_exempt(account) && !covered.contains(&key) {
-                held.insert(key);
-            }
-        }
-    }
-    let open: HashMap<(String, String), FindingRow> = open
-        .into_iter()
-        .map(|f| ((f.account.clone(), f.target.clone()), f))
+    // Held now without a grant, by an account not exempt, as (account,
+    // target); borrowed from the lists, since a large role has many.
+    let held: HashSet<(&str, &str)> = listed
+        .iter()
+        .flat_map(|(target, holders)| holders.iter().map(|a| (a.as_str(), target.as_str())))
+        .filter(|key| !covered.contains(key) && !exempt.is_exempt(key.0))
         .collect();
-
-    let item = |account: &str, target: &str, outcome: Outcome, finding: Option<&str>| Item {
+    let known: HashMap<(&str, &str), &FindingRow> = open
+        .iter()
+        .map(|f| ((f.account.as_str(), f.target.as_str()), f))
+        .collect();
+    let item = |f: &FindingRow, outcome: Outcome| Item {
         provider: name.to_string(),
-        account: account.to_string(),
-        target: target.to_string(),
+        account: f.account.clone(),
+        target: f.target.clone(),
         outcome,
         mode,
-        finding: finding.map(str::to_string),
+        finding: Some(f.id.clone()),
         grant: None,
         error: None,
     };
 
-    // New findings, recorded once each.
+    // New findings, recorded once each, in a stable order.
     let at = to_micros(now);
-    let fresh: Vec<FindingRow> = held
+    let mut fresh: Vec<(&str, &str)> = held
         .iter()
-        .filter(|k| !open.contains_key(*k))
+        .filter(|key| !known.contains_key(*key))
+        .copied()
+        .collect();
+    fresh.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+    let fresh: Vec<FindingRow> = fresh
+        .into_iter()
         .map(|(account, target)| FindingRow {
             id: uuid::Uuid::now_v7().to_string(),
             provider: name.to_string(),
-            account: account.clone(),
-            target: target.clone(),
+            account: account.to_string(),
+            target: target.to_string(),
             found_at: at,
             resolved_at: None,
             state: store::OPEN.to_string(),
         })
         .collect();
-    let mut drifted: Vec<FindingRow> = Vec::with_capacity(held.len());
-    for chunk in fresh.chunks(WRITE_CHUNK) {
-        let written = record_found(ctx, name, mode, chunk.to_vec(), now).await?;
-        for f in chunk.iter().filter(|f| written.contains(&f.id)) {
-            report
-                .items
-                .push(item(&f.account, &f.target, Outcome::Found, Some(&f.id)));
-            drifted.push(f.clone());
+    let written = record_found(ctx, name, mode, &fresh, now).await?;
+    let mut drifted: Vec<FindingRow> = Vec::new();
+    for f in fresh.into_iter().filter(|f| written.contains(&f.id)) {
+        report.items.push(item(&f, Outcome::Found));
+        if mode == DriftMode::Revoke {
+            drifted.push(f);
         }
     }
-    for (key, f) in &open {
-        if held.contains(key) {
-            report
-                .items
-                .push(item(&f.account, &f.target, Outcome::Open, Some(&f.id)));
+    for f in open
+        .iter()
+        .filter(|f| held.contains(&(f.account.as_str(), f.target.as_str())))
+    {
+        report.items.push(item(f, Outcome::Open));
+        if mode == DriftMode::Revoke {
             drifted.push(f.clone());
         }
     }
@@ -361,54 +372,88 @@ async fn check_provider(
     // the holders could be read.
     let gone: Vec<String> = open
         .iter()
-        .filter(|(key, _)| !held.contains(*key) && listed.contains_key(&key.1))
-        .map(|(_, f)| f.id.clone())
+        .filter(|f| {
+            listed.contains_key(&f.target)
+                && !held.contains(&(f.account.as_str(), f.target.as_str()))
+        })
+        .map(|f| f.id.clone())
         .collect();
     for chunk in gone.chunks(WRITE_CHUNK) {
-        let closed = close(ctx, name, chunk.to_vec(), store::RESOLVED, now).await?;
-        for f in closed {
-            report
-                .items
-                .push(item(&f.account, &f.target, Outcome::Resolved, Some(&f.id)));
+        for f in close(ctx, name, chunk.to_vec(), store::RESOLVED, now).await? {
+            report.items.push(item(&f, Outcome::Resolved));
         }
     }
 
-    if mode == DriftMode::Revoke && !drifted.is_empty() {
+    if !drifted.is_empty() {
         remove(ctx, name, drifted, now, report).await?;
     }
     repair(ctx, name, &before, &after, &listed, now, report).await
 }
 
-/// Records new findings and their `drift.found` events in one
-/// transaction; answers the ids written.
+/// Records new findings with their `drift.found` events, a chunk per
+/// transaction, a few chunks in flight so the lane never waits for the
+/// next; answers the ids written.
 async fn record_found(
     ctx: &Arc<Context>,
     provider: &str,
     mode: DriftMode,
-    rows: Vec<FindingRow>,
+    rows: &[FindingRow],
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, StoreError> {
+    let lane = format!("drift:{provider}");
     let mode = mode.as_str();
-    ctx.commit
-        .submit(&format!("drift:{provider}"), now, move |conn, events| {
-            let written: HashSet<String> = store::insert(conn, &rows)?.into_iter().collect();
-            for f in rows.iter().filter(|f| written.contains(&f.id)) {
-                events.push(NewEvent::new(
-                    "drift.found",
-                    "warrant",
-                    json!({
-                        "finding": f.id,
-                        "provider": f.provider,
-                        "account": f.account,
-                        "target": f.target,
-                        "resource": format!("{}/{}", f.provider, f.target),
-                        "mode": mode,
-                    }),
-                ));
-            }
-            Ok(written)
-        })
-        .await
+    let mut written = HashSet::with_capacity(rows.len());
+    let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    for (n, chunk) in rows.chunks(WRITE_CHUNK).enumerate() {
+        if in_flight.len() == IN_FLIGHT {
+            written.extend(settled(in_flight.pop_front()).await?);
+        }
+        let chunk = chunk.to_vec();
+        // Chunks are independent, so they may take different lanes (on
+        // PostgreSQL, several writers) and overlap up to the audit append.
+        let (commit, lane) = (ctx.commit.clone(), format!("{lane}:{n}"));
+        // A task of its own: the write owns what it needs, so it may run
+        // while the next chunk is made.
+        in_flight.push_back(tokio::spawn(async move {
+            commit
+                .submit(&lane, now, move |conn, events| {
+                    let written: HashSet<String> =
+                        store::insert(conn, &chunk)?.into_iter().collect();
+                    for f in chunk.iter().filter(|f| written.contains(&f.id)) {
+                        events.push(NewEvent::new(
+                            "drift.found",
+                            "warrant",
+                            json!({
+                                "finding": f.id,
+                                "provider": f.provider,
+                                "account": f.account,
+                                "target": f.target,
+                                "mode": mode,
+                            }),
+                        ));
+                    }
+                    Ok(written)
+                })
+                .await
+        }));
+    }
+    while let Some(task) = in_flight.pop_front() {
+        written.extend(settled(Some(task)).await?);
+    }
+    Ok(written)
+}
+
+/// What a write task answered; a task that panicked or was cancelled wrote
+/// nothing (its transaction rolled back).
+async fn settled(
+    task: Option<tokio::task::JoinHandle<Result<HashSet<String>, StoreError>>>,
+) -> Result<HashSet<String>, StoreError> {
+    match task {
+        Some(t) => t
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("a drift write stopped: {e}")))?,
+        None => Ok(HashSet::new()),
+    }
 }
 
 /// Closes findings that are still open, with `drift.resolved` or
@@ -438,7 +483,6 @@ async fn close(
                         "provider": f.provider,
                         "account": f.account,
                         "target": f.target,
-                        "resource": format!("{}/{}", f.provider, f.target),
                     }),
                 ));
             }
@@ -466,7 +510,7 @@ async fn remove(
     let covered = covered_by(latest.iter(), &format!("{name}/"));
     let mut by_target: HashMap<String, Vec<FindingRow>> = HashMap::new();
     for f in drifted {
-        if !covered.contains(&(f.account.clone(), f.target.clone())) {
+        if !covered.contains(&(f.account.as_str(), f.target.as_str())) {
             by_target.entry(f.target.clone()).or_default().push(f);
         }
     }

@@ -215,7 +215,8 @@ impl Pool {
         .map_err(|e| ProviderError::Call(e.to_string()))?
     }
 
-    /// Members of `role` (for drift checks).
+    /// Members of `role` (for drift checks), in no order: sorting a large
+    /// role's members costs the server more than the rest of the query.
     pub async fn members(&self, role: &str) -> Result<Vec<String>, ProviderError> {
         #[derive(QueryableByName)]
         struct Member {
@@ -231,7 +232,7 @@ impl Pool {
             let rows: Vec<Member> = diesel::sql_query(
                 "SELECT m.rolname::text AS name FROM pg_auth_members am \
                  JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member \
-                 WHERE r.rolname = $1 ORDER BY 1",
+                 WHERE r.rolname = $1",
             )
             .bind::<diesel::sql_types::Text, _>(&role)
             .load(&mut conn)

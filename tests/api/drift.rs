@@ -135,7 +135,13 @@ async fn a_membership_granted_by_hand_is_found_once(backend: Backend) {
     assert_eq!(outcomes(&report, &acct), [Outcome::Open], "{report:?}");
     let found = events(&app, "drift.found", &acct).await;
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0]["data"]["resource"], format!("prod-db/{role}"));
+    assert_eq!(
+        (
+            found[0]["data"]["provider"].as_str(),
+            found[0]["data"]["target"].as_str()
+        ),
+        (Some("prod-db"), Some(role.as_str()))
+    );
     assert_eq!(found[0]["data"]["mode"], "report");
     assert!(member(&role, &acct), "report mode leaves the access alone");
 
