@@ -849,7 +849,124 @@ async fn an_exempt_accounts_standing_access_stays(backend: Backend) {
     );
 }
 
+/// GitHub and Jira: a change that touches no access (GitHub: another
+/// title; Jira: the approved issue edited with nothing in the request
+/// changed) leaves the grant alone; a shorter duration narrows the same
+/// grant at once, without a new approval.
+async fn github_and_jira_narrowings_apply_in_place(backend: Backend) {
+    let app = app!(backend);
+    let gh = "github:acme/access-requests#40";
+    let mut issue = crate::payloads::Issue::new(40, t0());
+    issue.body = payloads::form("hooks/billing", "2h", None);
+    issue.labels = vec!["access-approved"];
+    let r = app
+        .post_github(
+            "issues",
+            "n1",
+            &payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let mut jira = JiraIssue::new("OPS-40");
+    jira.duration = Some("2h");
+    let created = payloads::jira("jira:issue_created", &jira, DAVE_JIRA, t0(), None);
+    assert_eq!(app.post_jira("n2", &created).await.status(), 200);
+    jira.status = "Approved";
+    jira.category = "indeterminate";
+    let approved = payloads::jira(
+        "jira:issue_updated",
+        &jira,
+        ALICE_JIRA,
+        t0(),
+        Some(("Open", "Approved")),
+    );
+    assert_eq!(app.post_jira("n3", &approved).await.status(), 200);
+    app.run_jobs().await;
+    let (g0, j0) = (
+        app.grants_of(gh).await[0].clone(),
+        app.grants_of("jira:OPS-40").await[0].clone(),
+    );
+    assert_eq!(
+        (g0["state"].as_str(), j0["state"].as_str()),
+        (Some("active"), Some("active"))
+    );
+    let calls = app.receiver.calls().len();
+
+    // Nothing in the request changes.
+    let mut retitled = payloads::github("edited", &issue, "dave-gh", None);
+    retitled["issue"]["title"] = json!("Billing hook access, reworded");
+    retitled["issue"]["updated_at"] = json!("2026-11-25T10:00:01Z");
+    assert_eq!(
+        app.post_github("issues", "n4", &retitled).await.status(),
+        200
+    );
+    let edited = payloads::jira(
+        "jira:issue_updated",
+        &jira,
+        DAVE_JIRA,
+        t0() + Duration::seconds(1),
+        None,
+    );
+    assert_eq!(app.post_jira("n5", &edited).await.status(), 200);
+    app.run_jobs().await;
+    for (key, before) in [(gh, &g0), ("jira:OPS-40", &j0)] {
+        let all = app.grants_of(key).await;
+        assert_eq!(all.len(), 1, "{key}: {all:?}");
+        assert_eq!(&all[0], before, "{key}");
+    }
+    assert_eq!(app.receiver.calls().len(), calls);
+
+    // A shorter duration: narrowed in place, then it ends on the new time.
+    issue.body = payloads::form("hooks/billing", "30m", None);
+    issue.updated_at = t0() + Duration::seconds(2);
+    assert_eq!(
+        app.post_github(
+            "issues",
+            "n6",
+            &payloads::github("edited", &issue, "dave-gh", None)
+        )
+        .await
+        .status(),
+        200
+    );
+    jira.duration = Some("30m");
+    let shorter = payloads::jira(
+        "jira:issue_updated",
+        &jira,
+        DAVE_JIRA,
+        t0() + Duration::seconds(2),
+        None,
+    );
+    assert_eq!(app.post_jira("n7", &shorter).await.status(), 200);
+    app.run_jobs().await;
+    for (key, before) in [(gh, &g0), ("jira:OPS-40", &j0)] {
+        let all = app.grants_of(key).await;
+        assert_eq!(all.len(), 1, "{key}: {all:?}");
+        assert_eq!(
+            (all[0]["id"].as_str(), all[0]["state"].as_str()),
+            (before["id"].as_str(), Some("active")),
+            "{key}"
+        );
+        assert_eq!(all[0]["expires_at"], "2026-11-25T10:30:00Z", "{key}");
+        assert!(
+            kinds(&app.events_of(key).await).contains(&"grant.narrowed".to_string()),
+            "{key}"
+        );
+    }
+    app.advance(Duration::minutes(31));
+    app.run_jobs().await;
+    for key in [gh, "jira:OPS-40"] {
+        let g = &app.grants_of(key).await[0];
+        assert_eq!(
+            (g["state"].as_str(), g["revoke_reason"].as_str()),
+            (Some("revoked"), Some("expired")),
+            "{key}"
+        );
+    }
+}
+
 backend_tests!(
+    github_and_jira_narrowings_apply_in_place,
     an_exempt_accounts_standing_access_stays,
     github_extensions_are_approved_by_comment,
     jira_extensions_are_approved_by_transition,
