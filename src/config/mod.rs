@@ -6,6 +6,7 @@
 //! `secrets` for how secrets are read and kept.
 
 mod access;
+mod audit;
 mod ci;
 mod drift;
 mod providers;
@@ -20,6 +21,7 @@ use chrono::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use access::{ApiConfig, ApiToken, Identity, Policy, Role};
+pub use audit::{AuditConfig, KeysConfig, SinkConfig, SinkKind};
 pub use ci::{CiConfig, CiIssuer, CiTrust};
 pub use drift::{DriftConfig, DriftMode};
 pub use providers::{
@@ -97,6 +99,10 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[serde(default)]
     pub drift: DriftConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
 }
 
 /// Where the configuration file is: `--config`, else `WARRANT_CONFIG`, else `./warrant.toml`.
@@ -159,6 +165,8 @@ impl Config {
 
     fn load_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         self.sources.load_secrets(env)?;
+        self.audit.load_secrets(env)?;
+        self.keys.load_secrets(env)?;
         providers::load_secrets(&mut self.providers, env)
     }
 
@@ -175,6 +183,7 @@ impl Config {
         self.ci.validate()?;
         self.jobs.validate()?;
         self.drift.validate()?;
+        self.audit.validate()?;
         providers::validate_timeouts(&self.providers, self.jobs.lease)
     }
 

@@ -106,6 +106,16 @@ impl SigningKey {
     }
 }
 
+/// The key-encryption key of `[keys]`: 32 random bytes, written base64.
+pub fn key_encryption_key(secret: &secrecy::SecretString) -> Result<[u8; 32], String> {
+    let text = secrecy::ExposeSecret::expose_secret(secret).trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| "is not base64 (make one with `openssl rand -base64 32`)".to_string())?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("is {} bytes; it must be 32", bytes.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
