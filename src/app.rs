@@ -125,6 +125,9 @@ impl App {
         let server = server.run();
         let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
         let drift_stopped = loops_stopped.clone();
+        // Checkpoints only read the chain and write files, so every replica
+        // runs the loop (they share one sequence through the database).
+        crate::evidence::spawn(ctx.clone(), loops_stopped.clone());
         {
             let st = ctx.clone();
             let stopped = loops_stopped.clone();

@@ -114,8 +114,18 @@ pub enum GrantsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exits 1 if it is broken.
-    Verify,
+    /// Check the hash chain, and with --checkpoints the chain against
+    /// signed checkpoints; exits 1 if either fails.
+    Verify {
+        /// A directory of checkpoint files (`[audit] checkpoint_dir`, or a
+        /// copy shipped elsewhere).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The checkpoints' public key (PEM); default: the public half of
+        /// `[audit] checkpoint_key_file`.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
     /// Write every event to standard output.
     Export {
         #[arg(long, default_value = "jsonl")]
@@ -450,6 +460,60 @@ fn grants_command(config: &Config, command: GrantsCommand) -> ExitCode {
     }
 }
 
+/// `audit verify --checkpoints DIR`: exit 0 when the chain and every
+/// checkpoint hold, 1 (naming the first bad event or checkpoint) when not,
+/// 2 when the key or the directory cannot be read.
+fn verify_checkpoints(
+    config: &Config,
+    db: &crate::db::Db,
+    dir: &std::path::Path,
+    public_key: Option<&std::path::Path>,
+) -> ExitCode {
+    use crate::evidence::checkpoint;
+    let public = match public_key {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--public-key: cannot read {}: {e}", path.display()))
+            .and_then(|pem| {
+                crate::crypto::checkpoint::public_key_from_pem(&pem)
+                    .map_err(|e| format!("--public-key: {}: {e}", path.display()))
+            }),
+        None => match checkpoint::key(config) {
+            Ok(Some(k)) => Ok(k.public()),
+            Ok(None) => Err(
+                "give --public-key, or set [audit] checkpoint_key_file in the configuration"
+                    .to_string(),
+            ),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let public = match public {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match checkpoint::verify(db, dir, &public) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            if v.ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "audit verification failed: {}",
+                    v.problem.as_deref().unwrap_or("the chain is broken")
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(checkpoint::CheckpointError::Store(e)) => fail(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
     use std::io::Write;
     let db = match open_db(config) {
@@ -457,7 +521,11 @@ fn audit_command(config: &Config, command: AuditCommand) -> ExitCode {
         Err(code) => return code,
     };
     match command {
-        AuditCommand::Verify => match crate::audit::verify(&db) {
+        AuditCommand::Verify {
+            checkpoints: Some(dir),
+            public_key,
+        } => verify_checkpoints(config, &db, &dir, public_key.as_deref()),
+        AuditCommand::Verify { .. } => match crate::audit::verify(&db) {
             Ok(v) => {
                 println!("{}", serde_json::to_string(&v).unwrap_or_default());
                 if v.ok {

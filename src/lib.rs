@@ -23,6 +23,7 @@ pub mod db;
 pub mod domain;
 pub mod drift;
 pub mod engine;
+pub mod evidence;
 pub mod grants;
 pub mod intake;
 pub mod jobs;

@@ -1,6 +1,8 @@
 //! The auditors' read of the trail: `GET /v1/audit` (filters, cursor
 //! paging), `GET /v1/audit/export` (streamed JSON lines or CSV, flat
-//! memory), `GET /v1/audit/verify`.
+//! memory), `GET /v1/audit/verify`, and the checkpoints that anchor the
+//! chain outside the database: `GET /v1/audit/checkpoint-key` (the public
+//! key that verifies them) and `GET /v1/audit/checkpoints`.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -15,7 +17,9 @@ use crate::audit::{self, Event, EventRow};
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/audit", web::get().to(list))
         .route("/v1/audit/export", web::get().to(export))
-        .route("/v1/audit/verify", web::get().to(verify));
+        .route("/v1/audit/verify", web::get().to(verify))
+        .route("/v1/audit/checkpoint-key", web::get().to(checkpoint_key))
+        .route("/v1/audit/checkpoints", web::get().to(checkpoints));
 }
 
 use crate::db::audit::{page, Filter as AuditFilter};
@@ -206,4 +210,60 @@ async fn verify(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRespo
     let st = state.clone();
     let v = blocking(move || Ok(audit::verify(&st.ctx.db)?)).await?;
     Ok(HttpResponse::Ok().json(v))
+}
+
+/// The public key that verifies checkpoints, as PEM (SPKI) and raw base64.
+async fn checkpoint_key(
+    state: web::Data<AppState>,
+    _caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let key = crate::evidence::checkpoint::key(&state.ctx.config)
+        .map_err(|e| {
+            tracing::error!(error = %e, "the checkpoint key cannot be read");
+            ApiError::Internal
+        })?
+        .ok_or_else(|| ApiError::NotFound("checkpoints are not configured".into()))?;
+    let public = key.public();
+    let pem = crate::crypto::checkpoint::public_pem(&public).map_err(|e| {
+        tracing::error!(error = %e, "the checkpoint public key cannot be encoded");
+        ApiError::Internal
+    })?;
+    use base64::Engine;
+    Ok(HttpResponse::Ok().json(json!({
+        "alg": "Ed25519",
+        "key_id": crate::crypto::checkpoint::key_id(&public),
+        "public_key": base64::engine::general_purpose::STANDARD.encode(public.as_bytes()),
+        "pem": pem,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// The checkpoints made so far, oldest first, each as its file holds it.
+async fn checkpoints(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    q: web::Query<CheckpointQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 10000".into(),
+        ));
+    }
+    let after = q.after.unwrap_or(0);
+    let st = state.clone();
+    let list =
+        blocking(move || Ok(crate::evidence::checkpoint::list(&st.ctx.db, after, limit)?)).await?;
+    let next = if list.len() as i64 == limit {
+        list.last().map(|c| c.seq)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({ "checkpoints": list, "next": next })))
 }

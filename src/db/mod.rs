@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod checkpoints;
 pub mod deliveries;
 pub mod drift;
 pub mod grants;

@@ -134,7 +134,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_checkpoints (seq) {
+        seq -> BigInt,
+        body -> Text,
+        digest -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_checkpoints,
     grant_access,
     deliveries,
     tickets,

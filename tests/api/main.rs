@@ -9,6 +9,7 @@ mod payloads;
 mod audit;
 mod audit_load;
 mod backlinks;
+mod checkpoints;
 mod ci;
 mod drift;
 mod health;
