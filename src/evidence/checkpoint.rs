@@ -288,8 +288,11 @@ fn seq_of_name(name: &str) -> Option<i64> {
         .ok()
 }
 
+/// A checkpoint file's name and what it holds (or why it cannot be read).
+type CheckpointFile = (String, Result<Checkpoint, String>);
+
 /// The checkpoint files in `dir`, by name (so by seq), each parsed.
-fn read_dir(dir: &Path) -> Result<Vec<(String, Result<Checkpoint, String>)>, CheckpointError> {
+fn read_dir(dir: &Path) -> Result<Vec<CheckpointFile>, CheckpointError> {
     let err = |source| CheckpointError::ReadDir {
         path: dir.to_path_buf(),
         source,
