@@ -71,6 +71,76 @@ async fn audit_verify_exits_1_on_a_broken_chain() {
     assert!(out.contains("\"first_bad\":1"), "{out}");
 }
 
+/// `audit verify --checkpoints`: 0 with the checkpoints a running service
+/// wrote, 1 once the chain's tail is cut behind the latest one, 2 without a
+/// key to check them with.
+#[tokio::test]
+async fn audit_verify_checks_the_chain_against_checkpoints() {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let lf = ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF;
+    std::fs::write(
+        dir.path().join("key.pem"),
+        key.to_pkcs8_pem(lf).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let public = dir.path().join("key.pub");
+    std::fs::write(&public, key.verifying_key().to_public_key_pem(lf).unwrap()).unwrap();
+    let cp = dir.path().join("cp");
+    let audit = format!(
+        "[audit]\ncheckpoint_dir = \"{}\"\ncheckpoint_key_file = \"{}\"\ncheckpoint_interval = \"1s\"\n",
+        cp.display(),
+        dir.path().join("key.pem").display()
+    );
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        "w.toml",
+        &db.url,
+        "http://127.0.0.1:9/x",
+        port,
+        &audit,
+    );
+    // A running service records a webhook and writes a checkpoint.
+    let serve = Serve::start(&config, port);
+    serve.ready().await;
+    serve.approved(1, "1h").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&cp).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(serve);
+    let args = ["audit", "verify", "--checkpoints", cp.to_str().unwrap()];
+    let (code, out, err) = run(&config, &args);
+    assert_eq!(code, 0, "{out}{err}");
+    let with_key = [&args[..], &["--public-key", public.to_str().unwrap()]].concat();
+    let (code, out, err) = run(&config, &with_key);
+    assert_eq!(code, 0, "{out}{err}");
+    {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut c =
+            diesel::sqlite::SqliteConnection::establish(db.url.trim_start_matches("sqlite://"))
+                .unwrap();
+        c.batch_execute("DELETE FROM audit_events WHERE seq = (SELECT max(seq) FROM audit_events); UPDATE audit_head SET seq = seq - 1, hash = coalesce((SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), hash);").unwrap();
+    }
+    let (code, out, err) = run(&config, &with_key);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("tail was cut"), "{err}");
+    let other = dir.path().join("other.pub");
+    std::fs::write(&other, "not a key").unwrap();
+    let bad = [&args[..], &["--public-key", other.to_str().unwrap()]].concat();
+    let (code, _, err) = run(&config, &bad);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.ends_with('\n'), "{err:?}");
+}
+
 #[tokio::test]
 async fn sigterm_stops_cleanly_with_exit_0() {
     let db = TestDb::new(Backend::Sqlite).unwrap();
