@@ -123,15 +123,7 @@ impl Job for GrantJob {
                     known = timer_revoke(ctx, &g, now).await?;
                 }
                 GrantState::Granting => {
-                    let activate = Step::new(GrantState::Granting, GrantState::Active, now)
-                        .settling(
-                            Finish::At {
-                                run_at: expires_at,
-                                attempts: 0,
-                                error: None,
-                            }
-                            .settle(job),
-                        );
+                    let activate = activation(now, expires_at, job);
                     let wait = Finish::At {
                         run_at: now + chrono::Duration::milliseconds(LEDGER_WAIT_MS),
                         attempts,
@@ -154,15 +146,7 @@ impl Job for GrantJob {
                     };
                     match answer {
                         Ok(()) => {
-                            let step = Step::new(GrantState::Granting, GrantState::Active, now)
-                                .settling(
-                                    Finish::At {
-                                        run_at: expires_at,
-                                        attempts: 0,
-                                        error: None,
-                                    }
-                                    .settle(job),
-                                );
+                            let step = activation(now, expires_at, job);
                             if transition(ctx, &g, step).await? {
                                 return Ok(Finish::Settled);
                             }
@@ -286,6 +270,18 @@ impl Job for GrantJob {
             error: None,
         })
     }
+}
+
+/// The step to active, with the job's row then due at the grant's end.
+fn activation(now: DateTime<Utc>, expires_at: DateTime<Utc>, job: &JobRow) -> Step {
+    Step::new(GrantState::Granting, GrantState::Active, now).settling(
+        Finish::At {
+            run_at: expires_at,
+            attempts: 0,
+            error: None,
+        }
+        .settle(job),
+    )
 }
 
 /// How long a grant waits for another grant of its access to settle
