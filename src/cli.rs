@@ -166,7 +166,23 @@ pub fn main() -> ExitCode {
         return token_new(name, role);
     }
     let path = crate::config::locate(cli.config.as_deref());
-    let config = match load(&path) {
+    // Reading the trail and the grants needs only the database settings.
+    let reading = matches!(
+        cli.command,
+        Command::Audit { .. }
+            | Command::Grants {
+                command: GrantsCommand::List { .. }
+            }
+    );
+    let loaded = if reading {
+        Config::load_for_reading(&path).map_err(|e| {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::from(2)
+        })
+    } else {
+        load(&path)
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(code) => return code,
     };

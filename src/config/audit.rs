@@ -115,6 +115,21 @@ impl AuditConfig {
         &mut self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
+        self.load_checkpoint_key()?;
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            if sink.kind == SinkKind::Http {
+                let at = format!("audit.sinks[{i}]");
+                let secret = load_secret(&at, "secret", &sink.secret_env, &sink.secret_file, env)?;
+                crate::crypto::signature::whsec_key(secrecy::ExposeSecret::expose_secret(&secret))
+                    .map_err(|m| invalid(format!("{at}.secret_env"), m))?;
+                sink.secret = Some(secret);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks `checkpoint_key_file`, if one is set.
+    pub(super) fn load_checkpoint_key(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.checkpoint_key_file {
             let pem = std::fs::read_to_string(path).map_err(|e| {
                 invalid(
@@ -129,15 +144,6 @@ impl AuditConfig {
                 )
             })?;
             self.checkpoint_key = Some(SecretString::from(pem));
-        }
-        for (i, sink) in self.sinks.iter_mut().enumerate() {
-            if sink.kind == SinkKind::Http {
-                let at = format!("audit.sinks[{i}]");
-                let secret = load_secret(&at, "secret", &sink.secret_env, &sink.secret_file, env)?;
-                crate::crypto::signature::whsec_key(secrecy::ExposeSecret::expose_secret(&secret))
-                    .map_err(|m| invalid(format!("{at}.secret_env"), m))?;
-                sink.secret = Some(secret);
-            }
         }
         Ok(())
     }

@@ -126,11 +126,36 @@ impl Config {
         Config::from_toml(&text, &|name| std::env::var(name).ok())
     }
 
+    /// For commands that only read the trail and the grants (`grants
+    /// list`, `audit verify`, `audit export`): the file is parsed and
+    /// validated, but no secret of a source, provider, sink or `[keys]` is
+    /// read, so an auditor needs only the database settings (and, for
+    /// checkpoints, the checkpoint key's file if no public key is given).
+    pub fn load_for_reading(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let env = |name: &str| std::env::var(name).ok();
+        let mut config = Config::parse(&text, &env)?;
+        config.audit.load_checkpoint_key()?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Parses a configuration; `env` looks up environment variables.
     pub fn from_toml(
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let mut config = Config::parse(text, env)?;
+        config.load_secrets(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The file's shape and the environment's overrides, no secrets read.
+    fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let mut key = e.path().to_string();
@@ -158,8 +183,6 @@ impl Config {
         if let Some(listen) = env("WARRANT_SERVER_LISTEN").filter(|u| !u.is_empty()) {
             config.server.listen = listen;
         }
-        config.load_secrets(env)?;
-        config.validate()?;
         Ok(config)
     }
 

@@ -141,6 +141,47 @@ async fn audit_verify_checks_the_chain_against_checkpoints() {
     assert!(err.ends_with('\n'), "{err:?}");
 }
 
+/// `grants list`, `audit verify` and `audit export` run with only the
+/// database settings: no source, provider or sink secret is set.
+#[tokio::test]
+async fn reading_commands_need_only_the_database() {
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "w.toml",
+        &db.url,
+        "http://127.0.0.1:9/x",
+        free_port(),
+        "",
+    );
+    let (code, out, err) = run(&config, &["migrate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let bare = |args: &[&str]| {
+        let mut cmd = command(&config);
+        for var in ["GH", "JIRA", "SN", "HOOKS", "PROD_DB_URL"] {
+            cmd.env_remove(var);
+        }
+        let out = cmd.args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["grants", "list"][..],
+        &["grants", "list", "--json"],
+        &["audit", "verify"],
+        &["audit", "export", "--format", "csv"],
+    ] {
+        let (code, err) = bare(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    let (code, err) = bare(&["check-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("secret_env") && err.ends_with('\n'), "{err:?}");
+}
+
 #[tokio::test]
 async fn sigterm_stops_cleanly_with_exit_0() {
     let db = TestDb::new(Backend::Sqlite).unwrap();
