@@ -134,6 +134,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    sink_cursors (sink) {
+        sink -> Text,
+        seq -> BigInt,
+        updated_at -> BigInt,
+        batch_end -> Nullable<BigInt>,
+        attempts -> Integer,
+        retry_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     grant_access,
     deliveries,
@@ -146,4 +157,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     signing_keys,
     drift_findings,
     drift_checks,
+    sink_cursors,
 );
