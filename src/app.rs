@@ -1,6 +1,6 @@
 //! The running service, built from its parts: the workers' `Context`, the
 //! handlers' `AppState` around it, the HTTP server bound to its port, and
-//! the job runner, drift checker and gauge refresher beside it. `App::build` binds (port
+//! the job runner, drift checker, audit sinks and gauge refresher beside it. `App::build` binds (port
 //! 0 in tests) and returns before serving, so callers can read the port.
 
 use std::net::TcpListener;
@@ -128,6 +128,7 @@ impl App {
         // Checkpoints only read the chain and write files, so every replica
         // runs the loop (they share one sequence through the database).
         crate::evidence::spawn(ctx.clone(), loops_stopped.clone());
+        let sinks_stopped = loops_stopped.clone();
         {
             let st = ctx.clone();
             let stopped = loops_stopped.clone();
@@ -145,6 +146,8 @@ impl App {
         let runner = if options.run_jobs {
             // Drift checks call providers, so they run where jobs run.
             crate::drift::spawn(ctx.clone(), drift_stopped);
+            // Audit sinks likewise: one replica at a time delivers to each.
+            crate::sinks::spawn(ctx.clone(), sinks_stopped);
             Some(crate::jobs::Runner::spawn(ctx.clone()))
         } else {
             None

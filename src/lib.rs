@@ -32,6 +32,7 @@ pub mod policy;
 pub mod providers;
 pub mod queue;
 pub mod redact;
+pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod supervisor;

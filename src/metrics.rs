@@ -59,6 +59,13 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// An audit sink's id as configured (credentials and query scrubbed),
+/// from the configured set only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +85,10 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Open drift findings by provider, set by `drift` from the database.
     pub drift_findings: Family<ProviderLabels, Gauge<i64, AtomicI64Wrap>>,
+    /// Events each audit sink is behind the chain's head, set by `sinks`.
+    pub sink_lag: Family<SinkLabels, Gauge<i64, AtomicI64Wrap>>,
+    /// Failed deliveries to each audit sink.
+    pub sink_failures: Family<SinkLabels, Counter>,
 }
 
 pub type AtomicI64Wrap = std::sync::atomic::AtomicI64;
@@ -108,6 +119,8 @@ impl Metrics {
         let revocations_unverified = Counter::default();
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         let drift_findings = Family::<ProviderLabels, Gauge<i64, AtomicI64Wrap>>::default();
+        let sink_lag = Family::<SinkLabels, Gauge<i64, AtomicI64Wrap>>::default();
+        let sink_failures = Family::<SinkLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -151,6 +164,16 @@ impl Metrics {
             "Access held at a provider without a live grant, by provider",
             drift_findings.clone(),
         );
+        registry.register(
+            "audit_sink_lag_events",
+            "Audit events an audit sink has not yet received, by sink",
+            sink_lag.clone(),
+        );
+        registry.register(
+            "audit_sink_failures",
+            "Failed deliveries to an audit sink (each is retried), by sink",
+            sink_failures.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -164,6 +187,8 @@ impl Metrics {
             revocations_unverified,
             commit_batch,
             drift_findings,
+            sink_lag,
+            sink_failures,
         }
     }
 

@@ -2,7 +2,7 @@
 //! written outside the database, and `[[audit.sinks]]` that receive every
 //! event) and `[keys]` (the key that encrypts the signing keys warrant
 //! generates and keeps in the database). What is done with them lives in
-//! `crate::evidence`.
+//! `crate::evidence` (checkpoints) and `crate::sinks`.
 
 use std::fmt;
 use std::path::PathBuf;

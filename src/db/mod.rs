@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod keys;
 pub mod prepared;
 pub mod schema;
+pub mod sinks;
 pub mod tickets;
 
 use std::path::PathBuf;

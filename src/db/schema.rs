@@ -143,6 +143,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    sink_cursors (sink) {
+        sink -> Text,
+        seq -> BigInt,
+        updated_at -> BigInt,
+        batch_end -> Nullable<BigInt>,
+        attempts -> Integer,
+        retry_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     audit_checkpoints,
     grant_access,
@@ -156,4 +167,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     signing_keys,
     drift_findings,
     drift_checks,
+    sink_cursors,
 );

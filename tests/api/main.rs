@@ -19,6 +19,7 @@ mod leases;
 mod ledger;
 mod lifecycle;
 mod people;
+mod sinks;
 mod supervision;
 mod targets;
 mod webhooks;

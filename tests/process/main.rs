@@ -16,3 +16,4 @@ mod outage;
 mod proc;
 mod race;
 mod replicas;
+mod sinks;

@@ -1,0 +1,1 @@
+DROP TABLE sink_cursors;
