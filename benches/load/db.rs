@@ -316,11 +316,14 @@ pub fn seed(conn: &mut AnyConn, s: &Seed, now_us: i64) {
     } else {
         format!("{expires} - 3600000000 - {day}")
     };
+    // Each grant its own account, so each is the only holder of its access
+    // and its revocation reaches the provider: grants sharing an access
+    // (the same account and resource) are removed only with the last one.
     let sql = format!(
         "{series} INSERT INTO grants (id, ticket, subject, account, resource, state, origin, \
          starts_at, expires_at, activated_at, revoked_at, revoke_reason, failure, created_at, updated_at) \
          SELECT {id}, 'jira:OPS-' || (5000000 + {set} * 1000000 + i), 'user' || (i % 200), \
-         'user' || (i % 200), 'hooks/svc-' || (i % 20), {state}, 'approval:' || {num20}, \
+         'acct' || {set} || '-' || i, 'hooks/svc-' || (i % 20), {state}, 'approval:' || {num20}, \
          {starts}, {expires}, {activated}, {revoked}, {reason}, NULL, {created}, {created} {from}",
         set = s.set,
     );

@@ -7,6 +7,7 @@ CREATE TABLE grant_access (
     preexisting INTEGER NOT NULL DEFAULT 0,
     updated_at BIGINT NOT NULL
 );
--- The live grants holding one access (provider/target and account).
-CREATE INDEX grants_access ON grants (resource, account)
-    WHERE state IN ('pending', 'granting', 'active', 'revoking');
+-- The grants of one access (provider/target and account) by state. Not a
+-- partial index: SQLite uses one only when the query repeats its WHERE,
+-- and the ledger asks for one state at a time.
+CREATE INDEX grants_access ON grants (resource, account, state);
