@@ -129,7 +129,7 @@ pub enum TokenCommand {
     New {
         #[arg(long)]
         name: String,
-        /// admin or auditor.
+        /// admin, auditor or introspector.
         #[arg(long)]
         role: String,
     },
@@ -268,8 +268,8 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
 
 fn token_new(name: &str, role: &str) -> ExitCode {
     use rand::RngCore;
-    if !matches!(role, "admin" | "auditor") {
-        eprintln!("error: --role must be admin or auditor");
+    if !matches!(role, "admin" | "auditor" | "introspector") {
+        eprintln!("error: --role must be admin, auditor or introspector");
         return ExitCode::from(2);
     }
     if name.trim().is_empty() || name.contains(['"', '\\', '\n']) {
