@@ -17,6 +17,8 @@ export WARRANT_JIRA_SECRET="${WARRANT_JIRA_SECRET:-demo-jira-secret}"
 # Standard Webhooks secrets: whsec_ + base64 of at least 16 bytes.
 export WARRANT_SERVICENOW_SECRET="${WARRANT_SERVICENOW_SECRET:-whsec_d2FycmFudC1kZW1vLXNlcnZpY2Vub3cta2V5}"
 export WARRANT_HOOKS_SECRET="${WARRANT_HOOKS_SECRET:-whsec_d2FycmFudC1kZW1vLWhvb2tzLXNpZ25pbmcta2V5}"
+# [keys]: seals the token provider's generated signing key (32 bytes, base64).
+export WARRANT_KEYS_SECRET="${WARRANT_KEYS_SECRET:-ZGVtby1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM=}"
 # Only used by grants to prod-db/*; no PostgreSQL is needed for the hooks demo.
 export PROD_DB_URL="${PROD_DB_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 

@@ -31,6 +31,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Context(#[from] ContextError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] crate::providers::token::KeyError),
 }
 
 /// How to run: tests inject a clock; replicas may split API and jobs.

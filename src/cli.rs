@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{App, Options};
+use crate::app::{App, AppError, Options};
 use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
 use crate::context::Context;
+use crate::providers::token::KeyError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -139,7 +140,7 @@ pub enum TokenCommand {
     New {
         #[arg(long)]
         name: String,
-        /// admin or auditor.
+        /// admin, auditor or introspector.
         #[arg(long)]
         role: String,
     },
@@ -286,6 +287,11 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e),
                 },
+                // A configuration that lacks `[keys]`: bad configuration.
+                Err(e @ AppError::Keys(KeyError::NoKek(_))) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => fail(e),
             }
         }
@@ -294,8 +300,8 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
 
 fn token_new(name: &str, role: &str) -> ExitCode {
     use rand::RngCore;
-    if !matches!(role, "admin" | "auditor") {
-        eprintln!("error: --role must be admin or auditor");
+    if !matches!(role, "admin" | "auditor" | "introspector") {
+        eprintln!("error: --role must be admin, auditor or introspector");
         return ExitCode::from(2);
     }
     if name.trim().is_empty() || name.contains(['"', '\\', '\n']) {

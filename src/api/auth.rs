@@ -1,5 +1,11 @@
 //! Bearer tokens for the people's API. Tokens are configured as SHA-256
 //! hashes; a presented token is hashed and compared in constant time.
+//!
+//! Two extractors split the roles: `Caller` (admin and auditor, every
+//! route but introspection) and `Introspector` (only `POST
+//! /v1/introspect`). Each refuses the other's roles, so a service's
+//! introspection token reads nothing else and a person's token cannot be
+//! handed to a service to check credentials with.
 
 use std::future::{ready, Ready};
 
@@ -22,9 +28,10 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Auditor => Err(ApiError::Forbidden(format!(
-                "token `{}` has role auditor; this needs admin",
-                self.name
+            other => Err(ApiError::Forbidden(format!(
+                "token `{}` has role {}; this needs admin",
+                self.name,
+                other.as_str()
             ))),
         }
     }
@@ -77,7 +84,34 @@ impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Ready<Result<Caller, ApiError>>;
 
+    /// An admin or auditor; an introspector's token is refused (403).
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(authenticate(req))
+        ready(authenticate(req).and_then(|c| match c.role {
+            Role::Admin | Role::Auditor => Ok(c),
+            Role::Introspector => Err(ApiError::Forbidden(format!(
+                "token `{}` has role introspector; it may call only POST /v1/introspect",
+                c.name
+            ))),
+        }))
+    }
+}
+
+/// A caller with the `introspector` role, the only one that may introspect.
+#[derive(Debug, Clone)]
+pub struct Introspector(pub Caller);
+
+impl FromRequest for Introspector {
+    type Error = ApiError;
+    type Future = Ready<Result<Introspector, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(authenticate(req).and_then(|c| match c.role {
+            Role::Introspector => Ok(Introspector(c)),
+            other => Err(ApiError::Forbidden(format!(
+                "token `{}` has role {}; introspection needs role introspector",
+                c.name,
+                other.as_str()
+            ))),
+        }))
     }
 }

@@ -3,14 +3,14 @@
 //! - `POST /v1/ci/grants` and `DELETE /v1/ci/grants/{id}`: for pipelines,
 //!   authenticated by their OIDC token (`Authorization: Bearer <JWT>`).
 //! - `GET /.well-known/jwks.json`: the public keys of the credentials.
-//! - `POST /v1/introspect` (RFC 7662): for people's API tokens, any role.
+//! - `POST /v1/introspect` (RFC 7662): for API tokens of role `introspector`.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::auth::Caller;
+use crate::api::auth::Introspector;
 use crate::api::error::{blocking, ApiError};
 use crate::api::AppState;
 use crate::ci::oidc::{TokenError, Verified};
@@ -18,7 +18,7 @@ use crate::ci::{self as ci_core, CiRequest, Outcome, Released};
 use crate::domain::{parse_duration, Resource, TicketKey};
 use crate::grants::Grant;
 use crate::policy::ci::{self as decide, CiDenial};
-use crate::providers::token::CredentialError;
+use crate::providers::token::{CredentialError, KeyError};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/ci/grants", web::post().to(create))
@@ -80,9 +80,21 @@ fn refused(d: CiDenial) -> ApiError {
     }
 }
 
+/// The signing keys' errors: a store error as any other; the rest (no or
+/// a wrong `[keys]` secret) logged for the operator, a bare 500 outside.
+fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Store(s) => s.into(),
+        other => {
+            tracing::error!(error = %other, "signing keys unusable");
+            ApiError::Internal
+        }
+    }
+}
+
 fn credential_error(e: CredentialError) -> ApiError {
     match e {
-        CredentialError::Store(s) => s.into(),
+        CredentialError::Keys(k) => key_error(k),
         CredentialError::Sign(why) => {
             tracing::error!(error = %why, "cannot sign a credential");
             ApiError::Internal
@@ -274,7 +286,7 @@ fn token_param(req: &HttpRequest, body: &[u8]) -> Result<String, ApiError> {
 
 async fn introspect(
     state: web::Data<AppState>,
-    _caller: Caller,
+    _caller: Introspector,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -285,7 +297,13 @@ async fn introspect(
     let token = token_param(&req, &body)?;
     let now = state.ctx.clock.now();
     let st = state.clone();
-    let answer = blocking(move || Ok(st.ctx.tokens.introspect(&st.ctx.db, now, &token)?)).await?;
+    let answer = blocking(move || {
+        st.ctx
+            .tokens
+            .introspect(&st.ctx.db, now, &token)
+            .map_err(key_error)
+    })
+    .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(answer))
@@ -294,7 +312,7 @@ async fn introspect(
 async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = state.ctx.clock.now();
     let st = state.clone();
-    let keys = blocking(move || Ok(st.ctx.tokens.jwks(&st.ctx.db, now)?)).await?;
+    let keys = blocking(move || st.ctx.tokens.jwks(&st.ctx.db, now).map_err(key_error)).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "public, max-age=60"))
         .json(keys))

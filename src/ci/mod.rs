@@ -384,7 +384,7 @@ mod tests {
             Some(pem.as_str())
         );
         assert_eq!(t.previous_keys.len(), 1);
-        assert_eq!(t.issuer, "warrant");
+        assert_eq!(t.issuer, None, "the default follows server.public_url");
         assert!(
             !format!("{c:?}").contains(&pem[40..70]),
             "the key never prints"

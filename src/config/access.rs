@@ -21,6 +21,9 @@ pub struct ApiConfig {
 pub enum Role {
     Admin,
     Auditor,
+    /// Only `POST /v1/introspect`: for the services that check credentials,
+    /// which need not read grants or the audit trail.
+    Introspector,
 }
 
 impl Role {
@@ -28,6 +31,7 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Auditor => "auditor",
+            Role::Introspector => "introspector",
         }
     }
 }

@@ -288,6 +288,8 @@ mod tests {
             ("[server]\nread_timeout = \"0s\"", "server.read_timeout"),
             ("[server]\nmax_inflight_bodies = 0", "server.max_inflight_bodies"),
             ("[server]\nmetrics_refresh = \"0s\"", "server.metrics_refresh"),
+            ("[server]\npublic_url = \"ftp://x\"", "server.public_url"),
+            ("[providers.d]\nkind = \"token\"\naudience = \" \"", "providers.d.audience"),
             ("[providers.hooks]\nkind = \"http\"\nurl = \"http://x\"\nsecret_env = \"NOPE\"", "providers.hooks.secret_env"),
             ("[sources.github]\nsecret_env = \"NOPE\"\nrepositories = [\"a/b\"]", "sources.github.secret_env"),
             ("[[policies]]\nname = \"p\"\nresources = [\"x/y\"]\nsources = [\"github\"]\nmax_duration = \"4x\"", "policies[0].max_duration"),

@@ -236,19 +236,16 @@ pub struct TokenProvider {
     /// (One generated key serves every token provider without `key_file`;
     /// the shortest `rotate_after` among them applies.)
     pub rotate_after: Option<ConfigDuration>,
-    /// The credentials' `iss`.
-    #[serde(default = "default_token_issuer")]
-    pub issuer: String,
+    /// The credentials' `iss`; default `{server.public_url}/providers/NAME`.
+    pub issuer: Option<String>,
+    /// The credentials' `aud`; default the grant's resource (`NAME/TARGET`).
+    pub audience: Option<String>,
     /// The contents of `key_file`, read and checked at load.
     #[serde(skip)]
     pub key: Option<SecretString>,
     /// The contents of `previous_key_files`.
     #[serde(skip)]
     pub previous_keys: Vec<SecretString>,
-}
-
-fn default_token_issuer() -> String {
-    "warrant".into()
 }
 
 impl fmt::Debug for PostgresProvider {
@@ -298,6 +295,7 @@ impl fmt::Debug for TokenProvider {
             .field("previous_key_files", &self.previous_key_files)
             .field("rotate_after", &self.rotate_after)
             .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .field("key", &redacted(&self.key))
             .field("previous_keys", &redacted_all(&self.previous_keys))
             .finish()

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub max_inflight_bodies: usize,
     /// How often the database-wide gauges of `/metrics` are recomputed.
     pub metrics_refresh: ConfigDuration,
+    /// The URL clients reach this service at (behind a load balancer, its
+    /// URL); default `http://{listen}`. Names the issuers of credentials.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             // bytes it has sent, never a buffer of its declared length.
             max_inflight_bodies: 4096,
             metrics_refresh: ConfigDuration(Duration::seconds(15)),
+            public_url: None,
         }
     }
 }
@@ -118,7 +122,29 @@ impl Default for JobsConfig {
 }
 
 impl ServerConfig {
+    /// `public_url`, else `http://{listen}`; without a trailing `/`.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.public_url {
+            let ok = url::Url::parse(u).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.has_host()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(invalid(
+                    "server.public_url",
+                    format!("`{u}` is not an http(s) URL like https://warrant.example.com"),
+                ));
+            }
+        }
         self.listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "server.listen",

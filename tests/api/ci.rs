@@ -11,11 +11,11 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{json, Value};
 
-use crate::helpers::{t0, Backend, TestApp, ADMIN_TOKEN, AUDITOR_TOKEN};
+use crate::helpers::{t0, Backend, TestApp, ADMIN_TOKEN, AUDITOR_TOKEN, INTROSPECTOR_TOKEN};
 use crate::payloads::{self, Issue};
 use crate::{app, backend_tests};
 
-const KEY: &str = "github:acme/access-requests#42";
+pub(crate) const KEY: &str = "github:acme/access-requests#42";
 const GH_ISS: &str = "https://token.actions.githubusercontent.com";
 
 fn b64(b: &[u8]) -> String {
@@ -23,14 +23,14 @@ fn b64(b: &[u8]) -> String {
 }
 
 /// A CI issuer for the test: a P-256 key and its JWKS in a file.
-struct Issuer {
-    dir: tempfile::TempDir,
+pub(crate) struct Issuer {
+    pub(crate) dir: tempfile::TempDir,
     key: p256::SecretKey,
     kid: String,
 }
 
 impl Issuer {
-    fn new() -> Issuer {
+    pub(crate) fn new() -> Issuer {
         let dir = tempfile::tempdir().unwrap();
         let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
         let issuer = Issuer {
@@ -60,18 +60,18 @@ impl Issuer {
         jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap()
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         self.sign_with(&self.key, &self.kid, claims)
     }
 
     /// The configuration for this issuer, a token provider and a policy
     /// that lets the CI principal take deploy targets under GitHub tickets.
-    fn config(&self) -> String {
+    pub(crate) fn config(&self) -> String {
         self.config_with("")
     }
 
     /// Like `config`, with more keys for the token provider.
-    fn config_with(&self, provider: &str) -> String {
+    pub(crate) fn config_with(&self, provider: &str) -> String {
         format!(
             r#"
 [[policies]]
@@ -113,7 +113,7 @@ max_duration = "30m"
 
 /// Claims shaped like a GitHub Actions job's OIDC token in environment
 /// `production` of `acme/app`, run 4242, attempt 1.
-fn gh_claims(app: &TestApp) -> Value {
+pub(crate) fn gh_claims(app: &TestApp) -> Value {
     let now = app.clock_now().timestamp();
     json!({
         "jti": "6f4b2c2e-1b1e-4c61-9d1c-6d0a3b7e2a11",
@@ -148,7 +148,7 @@ fn gh_claims(app: &TestApp) -> Value {
 
 /// Opens issue 42 asking for `deploy/production` for two hours; alice
 /// approves it unless `approve` is false.
-async fn ticket(app: &TestApp, approve: bool) -> Issue<'static> {
+pub(crate) async fn ticket(app: &TestApp, approve: bool) -> Issue<'static> {
     let mut issue = Issue::new(42, t0());
     issue.body = payloads::form("deploy/production", "2h", None);
     let r = app
@@ -174,11 +174,11 @@ async fn ticket(app: &TestApp, approve: bool) -> Issue<'static> {
     issue
 }
 
-async fn ask(app: &TestApp, token: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn ask(app: &TestApp, token: &str, body: &Value) -> (u16, Value) {
     app.post_json("/v1/ci/grants", token, body).await
 }
 
-fn deploy() -> Value {
+pub(crate) fn deploy() -> Value {
     json!({ "ticket": KEY, "resource": "deploy/production", "duration": "15m" })
 }
 
@@ -198,7 +198,7 @@ async fn introspect(app: &TestApp, credential: &str) -> Value {
     let resp = app
         .client
         .post(format!("{}/v1/introspect", app.addr))
-        .bearer_auth(AUDITOR_TOKEN)
+        .bearer_auth(INTROSPECTOR_TOKEN)
         .form(&[("token", credential)])
         .send()
         .await
@@ -213,8 +213,20 @@ async fn grant(app: &TestApp, id: &str) -> Value {
     body
 }
 
-/// Checks a credential against `GET /.well-known/jwks.json`; returns its claims.
+/// The `iss` of provider `deploy`'s credentials by default: the service's
+/// URL (`http://{listen}`, as the test configuration sets no `public_url`)
+/// and the provider's name.
+const DEFAULT_ISS: &str = "http://127.0.0.1:0/providers/deploy";
+
+/// Checks a credential against `GET /.well-known/jwks.json`, with the
+/// default `iss` and `aud`; returns its claims.
 async fn verify_credential(app: &TestApp, credential: &str) -> Value {
+    verify_credential_as(app, credential, DEFAULT_ISS, "deploy/production").await
+}
+
+/// Checks a credential against `GET /.well-known/jwks.json`, and that the
+/// key it names is published for `iss`; returns its claims.
+async fn verify_credential_as(app: &TestApp, credential: &str, iss: &str, aud: &str) -> Value {
     let (status, jwks) = app.get_json("/.well-known/jwks.json", "").await;
     assert_eq!(status, 200, "{jwks}");
     let header = jsonwebtoken::decode_header(credential).unwrap();
@@ -226,12 +238,17 @@ async fn verify_credential(app: &TestApp, credential: &str) -> Value {
         .find(|k| k["kid"] == kid.as_str())
         .expect("the credential's key is published")
         .clone();
+    assert!(
+        jwk["iss"].as_array().unwrap().contains(&json!(iss)),
+        "the key is published for {iss}: {jwk}"
+    );
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).unwrap();
     let mut v = Validation::new(header.alg);
     // The test's clock is not the system's: exp is compared by hand.
     v.validate_exp = false;
-    v.set_issuer(&["warrant"]);
-    v.set_required_spec_claims(&["exp", "iss", "sub"]);
+    v.set_issuer(&[iss]);
+    v.set_audience(&[aud]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     jsonwebtoken::decode::<Value>(credential, &DecodingKey::from_jwk(&jwk).unwrap(), &v)
         .expect("the credential verifies against the published keys")
         .claims
@@ -288,11 +305,13 @@ async fn grant_credential_and_same_run(backend: Backend) {
     assert_eq!(active["resource"], "deploy/production");
     assert_eq!(active["ticket"], KEY);
     assert_eq!(active["exp"], (t0() + Duration::minutes(15)).timestamp());
-    // JSON works as well as a form; the people's API token is required.
+    assert_eq!(active["iss"], DEFAULT_ISS);
+    assert_eq!(active["aud"], "deploy/production");
+    // JSON works as well as a form; an introspector's API token is required.
     let (status, body) = app
         .post_json(
             "/v1/introspect",
-            ADMIN_TOKEN,
+            INTROSPECTOR_TOKEN,
             &json!({ "token": credential }),
         )
         .await;
@@ -302,7 +321,7 @@ async fn grant_credential_and_same_run(backend: Backend) {
         .await;
     assert_eq!(status, 401);
     let (status, _) = app
-        .post_json("/v1/introspect", ADMIN_TOKEN, &json!({}))
+        .post_json("/v1/introspect", INTROSPECTOR_TOKEN, &json!({}))
         .await;
     assert_eq!(status, 400);
     // Anything that is not a live credential is exactly inactive.
@@ -311,7 +330,7 @@ async fn grant_credential_and_same_run(backend: Backend) {
         json!({ "active": false })
     );
     let forged = issuer.sign(&json!({
-        "iss": "warrant", "sub": "ci:acme/app", "resource": "deploy/production",
+        "iss": DEFAULT_ISS, "aud": "deploy/production", "sub": "ci:acme/app", "resource": "deploy/production",
         "ticket": KEY, "grant_id": id, "exp": t0().timestamp() + 600,
     }));
     assert_eq!(introspect(&app, &forged).await, json!({ "active": false }));
@@ -755,17 +774,10 @@ async fn a_key_file_signs_credentials(backend: Backend) {
     let (_, jwks) = app.get_json("/.well-known/jwks.json", "").await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
     assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
-    let resp = app
-        .client
-        .post(format!("{}/v1/introspect", app.addr))
-        .bearer_auth(AUDITOR_TOKEN)
-        .form(&[("token", credential)])
-        .send()
-        .await
-        .unwrap();
-    let active: Value = resp.json().await.unwrap();
+    let active = introspect(&app, credential).await;
     assert_eq!(active["active"], true, "{active}");
     assert_eq!(active["iss"], "warrant-prod");
+    assert_eq!(jwks["keys"][0]["iss"], json!(["warrant-prod"]));
 }
 
 async fn other_providers_grant_without_a_credential(backend: Backend) {
@@ -880,6 +892,159 @@ async fn jwks_url_is_fetched_cached_and_fetched_again(backend: Backend) {
     assert_eq!(fetches(), 2);
 }
 
+async fn credentials_carry_audience_and_issuer(backend: Backend) {
+    let issuer = Issuer::new();
+    // A second token provider shares the generated key.
+    let extra = format!(
+        "{}\n[providers.staging]\nkind = \"token\"\n",
+        issuer.config()
+    );
+    let app = app!(backend, &extra);
+    ticket(&app, true).await;
+    let (status, body) = ask(&app, &issuer.sign(&gh_claims(&app)), &deploy()).await;
+    assert_eq!(status, 201, "{body}");
+    let credential = body["credential"].as_str().unwrap();
+    // By default: the resource as audience, the service's URL and the
+    // provider's name as issuer.
+    let claims = verify_credential(&app, credential).await;
+    assert_eq!(claims["aud"], "deploy/production");
+    assert_eq!(claims["iss"], DEFAULT_ISS);
+    let (_, jwks) = app.get_json("/.well-known/jwks.json", "").await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+    assert_eq!(
+        jwks["keys"][0]["iss"],
+        json!([DEFAULT_ISS, "http://127.0.0.1:0/providers/staging"])
+    );
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "no private part: {jwks}"
+    );
+
+    // `public_url` moves the default issuer; `audience` replaces the resource.
+    let with_url = |base: String| {
+        base.replace(
+            "[server]\n",
+            "[server]\npublic_url = \"https://warrant.example.com/\"\n",
+        )
+    };
+    let scoped = app
+        .restart_with(|base| {
+            format!(
+                "{}\n{}",
+                with_url(base),
+                issuer.config_with("audience = \"deploy-api\"")
+            )
+        })
+        .await;
+    let (status, body) = ask(&scoped, &issuer.sign(&gh_claims(&scoped)), &deploy()).await;
+    assert_eq!(status, 200, "{body}");
+    let scoped_credential = body["credential"].as_str().unwrap();
+    let iss = "https://warrant.example.com/providers/deploy";
+    let claims = verify_credential_as(&scoped, scoped_credential, iss, "deploy-api").await;
+    assert_eq!(
+        (claims["iss"].as_str(), claims["aud"].as_str()),
+        (Some(iss), Some("deploy-api"))
+    );
+    let active = introspect(&scoped, scoped_credential).await;
+    assert_eq!(active["active"], true, "{active}");
+    assert_eq!(
+        (active["iss"].as_str(), active["aud"].as_str()),
+        (Some(iss), Some("deploy-api"))
+    );
+    // A credential of another issuer or audience is not this provider's.
+    assert_eq!(
+        introspect(&scoped, credential).await,
+        json!({ "active": false })
+    );
+    drop(scoped);
+
+    // A configured issuer is kept as it is.
+    let named = app
+        .restart_with(|base| {
+            format!(
+                "{}\n{}",
+                with_url(base),
+                issuer.config_with("issuer = \"https://idp.acme.test/deploy\"")
+            )
+        })
+        .await;
+    let (status, body) = ask(&named, &issuer.sign(&gh_claims(&named)), &deploy()).await;
+    assert_eq!(status, 200, "{body}");
+    let named_credential = body["credential"].as_str().unwrap();
+    let claims = verify_credential_as(
+        &named,
+        named_credential,
+        "https://idp.acme.test/deploy",
+        "deploy/production",
+    )
+    .await;
+    assert_eq!(claims["iss"], "https://idp.acme.test/deploy");
+    assert_eq!(introspect(&named, named_credential).await["active"], true);
+    assert_eq!(
+        introspect(&named, scoped_credential).await,
+        json!({ "active": false })
+    );
+}
+
+async fn introspection_needs_the_introspector_role(backend: Backend) {
+    let issuer = Issuer::new();
+    let app = app!(backend, &issuer.config());
+    ticket(&app, true).await;
+    let (status, body) = ask(&app, &issuer.sign(&gh_claims(&app)), &deploy()).await;
+    assert_eq!(status, 201, "{body}");
+    let credential = body["credential"].as_str().unwrap();
+    let id = body["grant"]["id"].as_str().unwrap();
+    let token = json!({ "token": credential });
+    for (who, bearer) in [("admin", ADMIN_TOKEN), ("auditor", AUDITOR_TOKEN)] {
+        let (status, body) = app.post_json("/v1/introspect", bearer, &token).await;
+        assert_eq!(status, 403, "{who}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("introspector"),
+            "{who}: {body}"
+        );
+    }
+    let (status, body) = app
+        .post_json("/v1/introspect", INTROSPECTOR_TOKEN, &token)
+        .await;
+    assert_eq!(
+        (status, body["active"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+
+    // The introspector reads and changes nothing else.
+    let q = percent_encoding::utf8_percent_encode(KEY, percent_encoding::NON_ALPHANUMERIC);
+    for path in [
+        "/v1/grants".to_string(),
+        format!("/v1/grants/{id}"),
+        "/v1/access?provider=deploy&account=ci&target=production".to_string(),
+        format!("/v1/tickets/{q}"),
+        "/v1/audit".to_string(),
+        "/v1/audit/export".to_string(),
+        "/v1/audit/verify".to_string(),
+        "/v1/drift".to_string(),
+    ] {
+        let (status, body) = app.get_json(&path, INTROSPECTOR_TOKEN).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("POST /v1/introspect"),
+            "{path}: {body}"
+        );
+    }
+    let (status, _) = app
+        .post_json(
+            &format!("/v1/grants/{id}/revoke"),
+            INTROSPECTOR_TOKEN,
+            &json!({ "reason": "no" }),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(grant(&app, id).await["state"], "granting");
+}
+
 backend_tests!(
     an_unrelated_ticket_event_keeps_the_ci_grant,
     jwks_url_is_fetched_cached_and_fetched_again,
@@ -891,4 +1056,6 @@ backend_tests!(
     ticket_closed_while_the_job_runs,
     the_run_releases_its_grant,
     people_grants_are_not_ci_grants,
+    credentials_carry_audience_and_issuer,
+    introspection_needs_the_introspector_role,
 );

@@ -21,6 +21,9 @@ pub const SN_SECRET: &str = "whsec_c2VydmljZW5vdy10ZXN0LXNlY3JldC1rZXk=";
 pub const HOOKS_SECRET: &str = "whsec_aG9va3MtdGVzdC1zZWNyZXQta2V5LTEyMzQ=";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const AUDITOR_TOKEN: &str = "auditor-token-for-tests";
+pub const INTROSPECTOR_TOKEN: &str = "introspector-token-for-tests";
+/// The `[keys]` key-encryption key: 32 bytes, base64.
+pub const KEYS_SECRET: &str = "d2FycmFudC10ZXN0LWtleS1lbmNyeXB0aW9uLWtleSE=";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -266,6 +269,14 @@ name = "auditors"
 role = "auditor"
 sha256 = "{auditor}"
 
+[[api.tokens]]
+name = "deploy-gate"
+role = "introspector"
+sha256 = "{introspector}"
+
+[keys]
+secret_env = "WARRANT_KEYS_SECRET"
+
 [sources.github]
 secret_env = "GH"
 repositories = ["acme/access-requests"]
@@ -328,6 +339,7 @@ lease = "30s"
 "#,
         admin = warrant::api::auth::hash_token(ADMIN_TOKEN),
         auditor = warrant::api::auth::hash_token(AUDITOR_TOKEN),
+        introspector = warrant::api::auth::hash_token(INTROSPECTOR_TOKEN),
     )
 }
 
@@ -341,6 +353,7 @@ pub fn env(name: &str) -> Option<String> {
         "JIRA" => Some(JIRA_SECRET.into()),
         "SN" => Some(SN_SECRET.into()),
         "HOOKS" => Some(HOOKS_SECRET.into()),
+        "WARRANT_KEYS_SECRET" => Some(KEYS_SECRET.into()),
         "PROD_DB_URL" => Some(pg_admin_url()),
         "GH_TOKEN" => Some("ghp_test_token".into()),
         "JIRA_TOKEN" => Some("bot@example.com:jira-api-token".into()),

@@ -111,8 +111,17 @@ async fn metric_labels_are_a_fixed_set(backend: Backend) {
             .status(),
         404
     );
-    app.metrics_text().await;
-    let before = app.metrics_text().await;
+    // A request is counted as its response goes out, so a scrape may not
+    // yet show the one before it: take as `before` a scrape whose series the
+    // next scrape repeats.
+    let mut before = app.metrics_text().await;
+    for _ in 0..50 {
+        let again = app.metrics_text().await;
+        if series(&again).len() == series(&before).len() {
+            break;
+        }
+        before = again;
+    }
 
     let mut rng = Lcg(0x5eed);
     let upper = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";

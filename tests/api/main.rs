@@ -15,6 +15,7 @@ mod drift;
 mod health;
 mod hostile;
 mod http_bounds;
+mod keys;
 mod leases;
 mod ledger;
 mod lifecycle;

@@ -41,6 +41,27 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn a_generated_token_key_without_keys_exits_2_naming_the_key() {
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "w.toml",
+        &db.url,
+        "http://127.0.0.1:9/x",
+        free_port(),
+        "[providers.deploy]\nkind = \"token\"\n",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let keys = "[keys]\nsecret_env = \"WARRANT_KEYS_SECRET\"\n";
+    assert!(text.contains(keys));
+    std::fs::write(&config, text.replace(keys, "")).unwrap();
+    let (code, out, err) = run(&config, &["serve"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("[keys] secret_env"), "{err}");
+}
+
 #[tokio::test]
 async fn audit_verify_exits_1_on_a_broken_chain() {
     let db = TestDb::new(Backend::Sqlite).unwrap();

@@ -43,7 +43,14 @@ pub fn write_config(
 pub fn command(config: &Path) -> Command {
     let mut cmd = Command::new(bin());
     cmd.arg("--config").arg(config);
-    for var in ["GH", "JIRA", "SN", "HOOKS", "PROD_DB_URL"] {
+    for var in [
+        "GH",
+        "JIRA",
+        "SN",
+        "HOOKS",
+        "PROD_DB_URL",
+        "WARRANT_KEYS_SECRET",
+    ] {
         if let Some(v) = env(var) {
             cmd.env(var, v);
         }
