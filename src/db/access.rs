@@ -60,43 +60,43 @@ pub fn lock(conn: &mut Conn<'_>, resource: &str, account: &str) -> Result<(), St
     Ok(())
 }
 
-/// Another grant of the same access as `g`, in `state`: the one that ends
-/// last. Without an ORDER BY: SQLite would walk `grants_live_expiry` (state,
-/// expires_at) through every grant in that state to find one of this
-/// access; the equality index finds them at once, and they are few.
-pub fn other_in(
-    conn: &mut Conn<'_>,
-    g: &GrantRow,
-    state: GrantState,
-) -> Result<Option<GrantRow>, StoreError> {
-    let rows: Vec<GrantRow> = dispatch!(conn, c => grants::table
+/// The other grants of the same access as `g` that hold it or are about
+/// to (granting, active, revoking), in no order: one indexed read, however
+/// many questions the ledger asks of them. Without an ORDER BY on purpose:
+/// SQLite would walk `grants_live_expiry` (state, expires_at) through every
+/// grant in those states to find the few of this access.
+pub fn others(conn: &mut Conn<'_>, g: &GrantRow) -> Result<Vec<GrantRow>, StoreError> {
+    Ok(dispatch!(conn, c => grants::table
         .filter(grants::resource.eq(&g.resource))
         .filter(grants::account.eq(&g.account))
-        .filter(grants::state.eq(state.as_str()))
+        .filter(grants::state.eq_any(HOLDING))
         .filter(grants::id.ne(&g.id))
         .limit(SHARING_LIMIT)
         .select(GrantRow::as_select())
-        .load(c))?;
-    Ok(rows.into_iter().max_by(|a, b| {
+        .load(c))?)
+}
+
+/// The states in which a grant holds its access at the provider, or is
+/// about to.
+const HOLDING: [&str; 3] = ["granting", "active", "revoking"];
+
+/// Of `others`, the one in `state` that ends last.
+pub fn last_ending(others: &[GrantRow], state: GrantState) -> Option<&GrantRow> {
+    others.iter().filter(|o| o.state() == state).max_by(|a, b| {
         a.expires_at
             .cmp(&b.expires_at)
             .then_with(|| b.id.cmp(&a.id))
-    }))
+    })
 }
 
-/// The other grants of the same access as `g` being applied now, oldest
-/// first (a handful at most: each waits or calls for a moment).
-pub fn others_granting(conn: &mut Conn<'_>, g: &GrantRow) -> Result<Vec<GrantRow>, StoreError> {
-    let mut rows: Vec<GrantRow> = dispatch!(conn, c => grants::table
-        .filter(grants::resource.eq(&g.resource))
-        .filter(grants::account.eq(&g.account))
-        .filter(grants::state.eq(GrantState::Granting.as_str()))
-        .filter(grants::id.ne(&g.id))
-        .limit(SHARING_LIMIT)
-        .select(GrantRow::as_select())
-        .load(c))?;
+/// Of `others`, those being applied now, oldest first.
+pub fn granting(others: &[GrantRow]) -> Vec<&GrantRow> {
+    let mut rows: Vec<&GrantRow> = others
+        .iter()
+        .filter(|o| o.state() == GrantState::Granting)
+        .collect();
     rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(rows)
+    rows
 }
 
 /// How many grants of one access in one state are looked at: more than

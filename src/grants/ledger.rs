@@ -56,14 +56,12 @@ pub fn plan_apply(
     events: &mut Vec<NewEvent>,
 ) -> Result<Option<Apply>, StoreError> {
     access::lock(conn, &g.resource, &g.account)?;
-    if let Some(r) = access::other_in(conn, g, GrantState::Revoking)? {
-        return waiting(conn, wait, &r);
+    let others = access::others(conn, g)?;
+    if let Some(r) = access::last_ending(&others, GrantState::Revoking) {
+        return waiting(conn, wait, r);
     }
-    let active = access::other_in(conn, g, GrantState::Active)?;
-    if let Some(h) = active
-        .as_ref()
-        .filter(|h| !carries_end || h.expires_at >= g.expires_at)
-    {
+    let active = access::last_ending(&others, GrantState::Active);
+    if let Some(h) = active.filter(|h| !carries_end || h.expires_at >= g.expires_at) {
         if !step(conn, config, g, activate, events)? {
             return Ok(None);
         }
@@ -76,10 +74,10 @@ pub fn plan_apply(
     // grant calls and the others wait: the one already calling, else the
     // oldest. A grant already calling never waits on a granting one, so
     // two never wait on each other.
-    let mine = access::get(conn, &g.id)?;
-    let calling = mine.is_some_and(|a| a.role == Role::Held.as_str());
-    if !calling {
-        let granting = access::others_granting(conn, g)?;
+    let granting = access::granting(&others);
+    let calling = !granting.is_empty()
+        && access::get(conn, &g.id)?.is_some_and(|a| a.role == Role::Held.as_str());
+    if !calling && !granting.is_empty() {
         let ids: Vec<String> = granting.iter().map(|o| o.id.clone()).collect();
         let roles = access::of(conn, &ids)?;
         let first = granting.iter().find(|o| {
@@ -95,7 +93,7 @@ pub fn plan_apply(
     access::set_role(conn, &g.id, Role::Held, false, to_micros(activate.now))?;
     // A later end than an active holder's: this grant now holds the access
     // at the provider, the one that ended first rides on it.
-    if let Some(h) = &active {
+    if let Some(h) = active {
         access::set_role(conn, &h.id, Role::Shared, false, to_micros(activate.now))?;
     }
     Ok(Some(Apply::Call {
@@ -141,10 +139,10 @@ pub fn plan_remove(
     events: &mut Vec<NewEvent>,
 ) -> Result<Option<Remove>, StoreError> {
     access::lock(conn, &g.resource, &g.account)?;
-    let keeper = match access::other_in(conn, g, GrantState::Active)? {
-        Some(k) => Some(k),
-        None => access::other_in(conn, g, GrantState::Granting)?,
-    };
+    let others = access::others(conn, g)?;
+    let keeper = access::last_ending(&others, GrantState::Active)
+        .or_else(|| access::last_ending(&others, GrantState::Granting))
+        .cloned();
     let Some(keeper) = keeper else {
         // Access the provider held before warrant's first grant of it, for
         // an account kept out of drift checks, is standing access the team
@@ -221,7 +219,8 @@ pub fn wake_waiting(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     access::lock(conn, &g.resource, &g.account)?;
-    let waiting: Vec<String> = access::others_granting(conn, g)?
+    let others = access::others(conn, g)?;
+    let waiting: Vec<String> = access::granting(&others)
         .iter()
         .map(|o| GrantJob::new(&o.id).dedupe_key())
         .collect();
