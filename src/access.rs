@@ -70,6 +70,22 @@ pub trait Provider: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<Vec<String>>, ProviderError>> {
         Box::pin(async { Ok(None) })
     }
+    /// Whether `account` holds `target`; `None` when the kind cannot say.
+    /// A kind that can ask for one holder overrides this: the grant job
+    /// asks it before each first apply and after each removal, where
+    /// listing a large group would be wasted.
+    fn holds<'a>(
+        &'a self,
+        target: &'a str,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>, ProviderError>> {
+        Box::pin(async move {
+            Ok(self
+                .holders(target)
+                .await?
+                .map(|all| all.iter().any(|h| h == account)))
+        })
+    }
 }
 
 /// What building a provider may take besides its section.

@@ -345,12 +345,13 @@ async fn note_preexisting(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let target = g.resource.split_once('/').map_or("", |(_, t)| t);
-    let Ok(Some(holders)) = ctx.providers.holders(provider_of(g), target).await else {
+    let Ok(Some(true)) = ctx
+        .providers
+        .holds(provider_of(g), target, &g.account)
+        .await
+    else {
         return Ok(());
     };
-    if !holders.iter().any(|h| h == &g.account) {
-        return Ok(());
-    }
     let g = g.clone();
     let key = g.ticket.clone();
     ctx.commit
@@ -365,8 +366,12 @@ async fn note_preexisting(
 /// or the provider cannot say.
 async fn still_held(ctx: &Arc<Context>, g: &GrantRow) -> Option<String> {
     let target = g.resource.split_once('/').map_or("", |(_, t)| t);
-    match ctx.providers.holders(provider_of(g), target).await {
-        Ok(Some(holders)) if holders.iter().any(|h| h == &g.account) => {
+    match ctx
+        .providers
+        .holds(provider_of(g), target, &g.account)
+        .await
+    {
+        Ok(Some(true)) => {
             ctx.metrics.revocations_unverified.inc();
             Some(format!(
                 "the provider still lists `{}` in `{target}` after the removal",

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 
 pub use crate::access::{Action, Call, Deps, Provider, ProviderError};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ProviderConfig};
 use crate::db::grants::GrantRow;
 use crate::domain::{from_micros, rfc3339};
 
@@ -73,12 +73,35 @@ impl Providers {
         else {
             return Err(ProviderError::Unknown(name.to_string()));
         };
-        match config.timeout() {
-            Some(limit) => tokio::time::timeout(limit.std(), kind.holders(target))
-                .await
-                .unwrap_or_else(|_| Err(ProviderError::Call("no answer in time".into()))),
-            None => kind.holders(target).await,
-        }
+        bounded(config, kind.holders(target)).await
+    }
+
+    /// Whether `account` holds `target` at provider `name` (`None`: it
+    /// cannot say).
+    pub async fn holds(
+        &self,
+        name: &str,
+        target: &str,
+        account: &str,
+    ) -> Result<Option<bool>, ProviderError> {
+        let (Some(kind), Some(config)) = (self.built.get(name), self.config.providers.get(name))
+        else {
+            return Err(ProviderError::Unknown(name.to_string()));
+        };
+        bounded(config, kind.holds(target, account)).await
+    }
+}
+
+/// A read of the provider within its `timeout`.
+async fn bounded<T>(
+    config: &ProviderConfig,
+    read: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    match config.timeout() {
+        Some(limit) => tokio::time::timeout(limit.std(), read)
+            .await
+            .unwrap_or_else(|_| Err(ProviderError::Call("no answer in time".into()))),
+        None => read.await,
     }
 }
 

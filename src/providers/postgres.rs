@@ -123,6 +123,15 @@ impl Provider for Postgres {
     ) -> BoxFuture<'a, Result<Option<Vec<String>>, ProviderError>> {
         Box::pin(async move { self.pool()?.members(target).await.map(Some) })
     }
+
+    /// One membership, read directly rather than through the role's list.
+    fn holds<'a>(
+        &'a self,
+        target: &'a str,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>, ProviderError>> {
+        Box::pin(async move { self.pool()?.is_member(target, account).await.map(Some) })
+    }
 }
 
 /// Sets the session's timeouts on every new connection.
@@ -238,6 +247,34 @@ impl Pool {
             .load(&mut conn)
             .map_err(|e| ProviderError::Call(e.to_string()))?;
             Ok(rows.into_iter().map(|m| m.name).collect())
+        })
+        .await
+        .map_err(|e| ProviderError::Call(e.to_string()))?
+    }
+}
+
+impl Pool {
+    /// Whether `account` is a direct member of `role`.
+    pub async fn is_member(&self, role: &str, account: &str) -> Result<bool, ProviderError> {
+        #[derive(QueryableByName)]
+        struct Held {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            held: bool,
+        }
+        let pool = self.pool.clone();
+        let (role, account) = (role.to_string(), account.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|_| ProviderError::Call("cannot connect".into()))?;
+            let row: Held = diesel::sql_query(
+                "SELECT EXISTS (SELECT 1 FROM pg_auth_members am                  JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member                  WHERE r.rolname = $1 AND m.rolname = $2) AS held",
+            )
+            .bind::<diesel::sql_types::Text, _>(&role)
+            .bind::<diesel::sql_types::Text, _>(&account)
+            .get_result(&mut conn)
+            .map_err(|e| ProviderError::Call(e.to_string()))?;
+            Ok(row.held)
         })
         .await
         .map_err(|e| ProviderError::Call(e.to_string()))?
