@@ -79,7 +79,10 @@ pub fn follow_window(
     events: &mut Vec<NewEvent>,
 ) -> Result<(), StoreError> {
     let state = g.state();
-    let start = if state == GrantState::Pending {
+    // A decision's start is never before now, so once a pending grant's
+    // start has passed it would move with every re-decision: only a start
+    // still ahead is followed.
+    let start = if state == GrantState::Pending && starts_at > now {
         to_micros(starts_at)
     } else {
         g.starts_at
