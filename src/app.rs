@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::context::{Context, ContextError};
 use crate::db::StoreError;
 use crate::metrics::HttpLabels;
+use crate::providers::token::KeyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -98,11 +99,21 @@ impl App {
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
         let state = web::Data::new(AppState::new(ctx.clone()));
-        // The generated signing key exists from the first start on.
+        // The generated signing key exists from the first start on. Without
+        // `[keys]` to seal it none is generated: warrant serves everything
+        // else, and a CI request for such a provider's credential is 503
+        // naming the missing key, so one unset secret does not stop
+        // revocations.
         let st = ctx.clone();
-        web::block(move || st.tokens.prepare(&st.db, st.clock.now()))
+        match web::block(move || st.tokens.prepare(&st.db, st.clock.now()))
             .await
-            .map_err(|_| StoreError::Unavailable("signing key task failed".into()))??;
+            .map_err(|_| StoreError::Unavailable("signing key task failed".into()))?
+        {
+            Err(e @ KeyError::NoKek(_)) => {
+                tracing::error!(error = %e, "credentials cannot be issued until [keys] is set")
+            }
+            other => other?,
+        }
         let shutdown = ctx.config.server.shutdown_timeout.std().as_secs();
         let data = state.clone();
         let mut server = actix_web::HttpServer::new(move || {

@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{App, AppError, Options};
+use crate::app::{App, Options};
 use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
 use crate::context::Context;
-use crate::providers::token::KeyError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -287,11 +286,6 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e),
                 },
-                // A configuration that lacks `[keys]`: bad configuration.
-                Err(e @ AppError::Keys(KeyError::NoKek(_))) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
                 Err(e) => fail(e),
             }
         }

@@ -72,7 +72,8 @@ impl Context {
         let tokens = KeyRing::new(&config).map_err(ContextError::Keys)?;
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
-        let providers = Providers::new(config.clone(), http.clone(), clock.clone());
+        let providers =
+            Providers::new(config.clone(), http.clone(), clock.clone(), metrics.clone());
         let health = Health::new();
         let commit = Committer::start(
             db.clone(),

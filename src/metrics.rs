@@ -59,6 +59,17 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// One provider call: the provider's name and kind (both from the
+/// configured set), the action, and how it ended (`ok`, `failed`,
+/// `refused`, `timeout`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderCallLabels {
+    pub provider: String,
+    pub kind: String,
+    pub action: String,
+    pub outcome: String,
+}
+
 /// An audit sink's id as configured (credentials and query scrubbed),
 /// from the configured set only.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +96,10 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Open drift findings by provider, set by `drift` from the database.
     pub drift_findings: Family<ProviderLabels, Gauge<i64, AtomicI64Wrap>>,
+    /// Provider calls by provider, kind, action and outcome.
+    pub provider_calls: Family<ProviderCallLabels, Counter>,
+    /// How long provider calls took, by the same labels.
+    pub provider_call_duration: Family<ProviderCallLabels, Histogram>,
     /// Events each audit sink is behind the chain's head, set by `sinks`.
     pub sink_lag: Family<SinkLabels, Gauge<i64, AtomicI64Wrap>>,
     /// Failed deliveries to each audit sink.
@@ -119,6 +134,10 @@ impl Metrics {
         let revocations_unverified = Counter::default();
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         let drift_findings = Family::<ProviderLabels, Gauge<i64, AtomicI64Wrap>>::default();
+        let provider_calls = Family::<ProviderCallLabels, Counter>::default();
+        let provider_call_duration = Family::<ProviderCallLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let sink_lag = Family::<SinkLabels, Gauge<i64, AtomicI64Wrap>>::default();
         let sink_failures = Family::<SinkLabels, Counter>::default();
         registry.register(
@@ -174,6 +193,16 @@ impl Metrics {
             "Failed deliveries to an audit sink (each is retried), by sink",
             sink_failures.clone(),
         );
+        registry.register(
+            "provider_calls",
+            "Provider calls by provider, kind, action and outcome",
+            provider_calls.clone(),
+        );
+        registry.register(
+            "provider_call_duration_seconds",
+            "Provider call latency by provider, kind, action and outcome",
+            provider_call_duration.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -189,6 +218,8 @@ impl Metrics {
             drift_findings,
             sink_lag,
             sink_failures,
+            provider_calls,
+            provider_call_duration,
         }
     }
 

@@ -85,6 +85,7 @@ fn refused(d: CiDenial) -> ApiError {
 fn key_error(e: KeyError) -> ApiError {
     match e {
         KeyError::Store(s) => s.into(),
+        e @ KeyError::NoKek(_) => ApiError::NotConfigured(e.to_string()),
         other => {
             tracing::error!(error = %other, "signing keys unusable");
             ApiError::Internal
@@ -164,6 +165,11 @@ async fn create(
         duration,
         max_duration: trusted.rule.max_duration.0,
     };
+    state
+        .ctx
+        .tokens
+        .usable(request.resource.provider())
+        .map_err(key_error)?;
     let now = state.ctx.clock.now();
     let st = state.clone();
     let r = request.clone();

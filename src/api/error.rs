@@ -34,6 +34,10 @@ pub enum ApiError {
     Busy,
     #[error("service unavailable, try again")]
     Unavailable,
+    /// What was asked needs configuration warrant lacks (the message
+    /// names the key); other requests are served.
+    #[error("{0}")]
+    NotConfigured(String),
     #[error("internal error")]
     Internal,
 }
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::RequestTimeout => "request_timeout",
             ApiError::Busy => "busy",
             ApiError::Unavailable => "unavailable",
+            ApiError::NotConfigured(_) => "not_configured",
             ApiError::Internal => "internal",
         }
     }
@@ -67,7 +72,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

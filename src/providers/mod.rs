@@ -31,12 +31,14 @@ use crate::clock::Clock;
 use crate::config::{Config, ProviderConfig};
 use crate::db::grants::GrantRow;
 use crate::domain::{from_micros, rfc3339};
+use crate::metrics::{Metrics, ProviderCallLabels};
 
 /// The configured providers, built once: each holds what its calls need
 /// (the outbound client, the clock, a connection pool).
 pub struct Providers {
     config: Arc<Config>,
     built: HashMap<String, Box<dyn Provider>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -48,14 +50,23 @@ impl std::fmt::Debug for Providers {
 }
 
 impl Providers {
-    pub fn new(config: Arc<Config>, http: reqwest::Client, clock: Arc<dyn Clock>) -> Providers {
+    pub fn new(
+        config: Arc<Config>,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Providers {
         let deps = Deps { http, clock };
         let built = config
             .providers
             .iter()
             .map(|(name, section)| (name.clone(), section.section().build(name, &deps)))
             .collect();
-        Providers { config, built }
+        Providers {
+            config,
+            built,
+            metrics,
+        }
     }
 
     /// Whether provider `name`'s access carries an end (`Provider::carries_end`).
@@ -182,22 +193,42 @@ impl Providers {
             Action::Grant => kind.apply(call),
             Action::Revoke => kind.remove(call),
         };
+        let started = std::time::Instant::now();
         // Every call ends within its provider's `timeout`, which the
         // configuration keeps shorter than the job's lease: a call never runs
         // on after its job could have passed to another runner. An abandoned
         // call counts as failed (it may still have landed; the job retries, and
         // both actions are idempotent).
-        let result = match config.timeout() {
-            Some(limit) => tokio::time::timeout(limit.std(), calling)
-                .await
-                .unwrap_or_else(|_| {
+        let (result, outcome) = match config.timeout() {
+            Some(limit) => match tokio::time::timeout(limit.std(), calling).await {
+                Ok(done) => (done, None),
+                Err(_) => (
                     Err(ProviderError::Call(format!(
                         "no answer within {}",
                         crate::domain::format_duration(limit.0)
-                    )))
-                }),
-            None => calling.await,
+                    ))),
+                    Some("timeout"),
+                ),
+            },
+            None => (calling.await, None),
         };
+        let labels = ProviderCallLabels {
+            provider: provider.to_string(),
+            kind: config.kind().to_string(),
+            action: action.as_str().to_string(),
+            outcome: outcome
+                .unwrap_or(match &result {
+                    Ok(()) => "ok",
+                    Err(e) if e.is_permanent() => "refused",
+                    Err(_) => "failed",
+                })
+                .to_string(),
+        };
+        self.metrics.provider_calls.get_or_create(&labels).inc();
+        self.metrics
+            .provider_call_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
         let grant = call.grant_id;
         match &result {
             Ok(()) => {

@@ -270,6 +270,33 @@ impl KeyRing {
         self.generated(db, now, false).map(|_| ())
     }
 
+    /// Whether `provider` can sign a credential now: a token provider
+    /// without `key_file` needs `[keys]` to keep its generated key. Asked
+    /// before a CI grant is made, so a request that cannot be given its
+    /// credential changes nothing.
+    pub fn usable(&self, provider: &str) -> Result<(), KeyError> {
+        match self.providers.get(provider) {
+            Some(p) if p.file.is_none() && self.kek.is_none() => {
+                Err(KeyError::NoKek(provider.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The generated keys for publishing and checking credentials: none
+    /// without `[keys]`, since then no key was ever generated to sign one.
+    fn published(
+        &self,
+        db: &Db,
+        now: DateTime<Utc>,
+        force: bool,
+    ) -> Result<Option<Generated>, KeyError> {
+        match self.generated(db, now, force) {
+            Err(KeyError::NoKek(_)) => Ok(None),
+            other => other,
+        }
+    }
+
     /// The generated keys, read again when the cache is a minute old, a
     /// rotation is due, or `force` (an unknown `kid`) asks for it.
     fn generated(
@@ -351,7 +378,7 @@ impl KeyRing {
                 add(&mut keys, k, &p.issuer);
             }
         }
-        let generated = self.generated(db, now, false)?;
+        let generated = self.published(db, now, false)?;
         if let Some(g) = &generated {
             for k in &g.all {
                 for (_, p) in self.generated_users() {
@@ -431,12 +458,12 @@ impl KeyRing {
         if found.is_some() {
             return Ok(found.map(|k| (k, owners)));
         }
-        let mut g = self.generated(db, now, false)?;
+        let mut g = self.published(db, now, false)?;
         if g.as_ref()
             .is_some_and(|g| !g.all.iter().any(|k| k.kid == kid))
         {
             // Another replica may have rotated since this one last looked.
-            g = self.generated(db, now, true)?;
+            g = self.published(db, now, true)?;
         }
         let Some(key) = g.and_then(|g| g.all.iter().find(|k| k.kid == kid).cloned()) else {
             return Ok(None);

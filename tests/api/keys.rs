@@ -1,8 +1,9 @@
 //! Signing keys at rest, on both backends: the key the `token` provider
 //! generates is stored sealed under the `[keys]` key-encryption key, a key
-//! an older version stored in plain text is sealed at start, and without
-//! the key-encryption key (or with a wrong one) warrant refuses to start
-//! instead of keeping a key it cannot protect.
+//! an older version stored in plain text is sealed at start; without the
+//! key-encryption key warrant generates no key and refuses to issue the
+//! credential (503 naming `[keys]`) instead of keeping a key it cannot
+//! protect, and with a wrong one it refuses to start.
 
 use std::sync::Arc;
 
@@ -17,9 +18,10 @@ use warrant::crypto::keys::SigningKey;
 use warrant::crypto::sealed::{self, Kek};
 use warrant::providers::token::sealed_for;
 
-use crate::ci::{ask, deploy, gh_claims, ticket, Issuer};
-use crate::helpers::{base_config, env, t0, Backend, TestDb, KEYS_SECRET};
+use crate::ci::{ask, deploy, gh_claims, ticket, Issuer, KEY};
+use crate::helpers::{base_config, env, t0, Backend, TestApp, TestDb, KEYS_SECRET};
 use crate::{app, backend_tests};
+use serde_json::json;
 
 #[derive(QueryableByName)]
 struct Row {
@@ -183,26 +185,41 @@ async fn plaintext_keys_are_sealed_at_start(backend: Backend) {
 }
 
 async fn no_key_is_kept_without_a_key_encryption_key(backend: Backend) {
+    let issuer = Issuer::new();
+    // A token provider without key_file and no `[keys]`: warrant starts and
+    // serves everything else, but will not keep the provider's key in the
+    // clear, so a request for its credential is 503 and says what to set.
+    let Some(app) = TestApp::spawn_edit(backend, &issuer.config(), |base| {
+        assert!(base.contains(KEYS_SECTION));
+        base.replace(KEYS_SECTION, "")
+    })
+    .await
+    else {
+        return;
+    };
+    ticket(&app, true).await;
+    let (status, body) = ask(&app, &issuer.sign(&gh_claims(&app)), &deploy()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "not_configured");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("[keys] secret_env"), "{message}");
+    assert!(message.contains("providers.deploy"), "{message}");
+    assert!(stored(backend, &app.db.url).is_empty());
+    assert!(
+        app.grants_of(KEY).await.is_empty(),
+        "no grant without its credential"
+    );
+    let (status, jwks) = app.get_json("/.well-known/jwks.json", "").await;
+    assert_eq!((status, jwks), (200, json!({ "keys": [] })));
+    let (status, _) = app.get_json("/readyz", "").await;
+    assert_eq!(status, 200);
+
+    // With a key_file nothing enters the database, so none is needed.
     let Some(db) = TestDb::new(backend) else {
         return;
     };
-    let issuer = Issuer::new();
     let base = base_config(&db.url, "http://127.0.0.1:9/access");
-    assert!(base.contains(KEYS_SECTION));
     let without = base.replace(KEYS_SECTION, "");
-
-    // A token provider without key_file: warrant will not keep its key in
-    // the clear, and says what to set.
-    let err = build(&format!("{without}\n{}", issuer.config()), &env)
-        .await
-        .err()
-        .expect("start fails");
-    let message = err.to_string();
-    assert!(message.contains("[keys] secret_env"), "{message}");
-    assert!(message.contains("providers.deploy"), "{message}");
-    assert!(stored(backend, &db.url).is_empty());
-
-    // With a key_file nothing enters the database, so none is needed.
     let (_, pem) = SigningKey::generate().unwrap();
     let path = issuer.dir.path().join("signing.pem");
     std::fs::write(&path, pem).unwrap();

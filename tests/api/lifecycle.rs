@@ -240,6 +240,22 @@ async fn provider_outage_is_retried(backend: Backend) {
         .filter(|e| e["type"] == "revoke.failed")
         .count();
     assert!(failures >= 8, "each failed attempt is audited ({failures})");
+    // Each call is counted by provider kind and outcome.
+    for (action, outcome, at_least) in [
+        ("grant", "failed", 2),
+        ("grant", "ok", 1),
+        ("revoke", "failed", 8),
+    ] {
+        let line = format!(
+            r#"warrant_provider_calls_total{{provider="hooks",kind="http",action="{action}",outcome="{outcome}"}} "#
+        );
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"));
+        assert!(n >= at_least, "{line}{n}");
+    }
     app.receiver.answer(204);
     app.advance(Duration::seconds(11));
     app.run_jobs().await;
