@@ -106,4 +106,25 @@ pub struct Call<'a> {
     pub ticket: &'a str,
     pub starts_at: String,
     pub expires_at: String,
+    /// A grant call that tells a later end of access already applied (an
+    /// extension), not the first apply: a receiver keyed on the call's
+    /// identity must see it as a new call.
+    #[serde(skip)]
+    pub extension: bool,
+}
+
+impl Call<'_> {
+    /// The call's identity, stable across its retries (an idempotency
+    /// key): `GRANT-grant`, `GRANT-revoke`, and for an extension
+    /// `GRANT-grant-until-UNIXTIME` of the new end.
+    pub fn id(&self) -> String {
+        if self.extension {
+            let until = chrono::DateTime::parse_from_rfc3339(&self.expires_at)
+                .map(|t| t.timestamp().to_string())
+                .unwrap_or_else(|_| self.expires_at.clone());
+            format!("{}-{}-until-{until}", self.grant_id, self.action.as_str())
+        } else {
+            format!("{}-{}", self.grant_id, self.action.as_str())
+        }
+    }
 }

@@ -42,6 +42,8 @@ pub struct AccessRow {
     pub role: String,
     pub preexisting: bool,
     pub updated_at: i64,
+    /// The end the provider was last told, for access that carries one.
+    pub told_until: Option<i64>,
 }
 
 /// Locks the access `resource` × `account` until the caller's transaction
@@ -146,6 +148,15 @@ pub fn set_role(
             .set(grant_access::preexisting.eq(true))
             .execute(c))?;
     }
+    Ok(())
+}
+
+/// Records that the provider is being told grant `id`'s access lasts
+/// until `until`.
+pub fn set_told(conn: &mut Conn<'_>, id: &str, until: i64) -> Result<(), StoreError> {
+    dispatch!(conn, c => diesel::update(grant_access::table.find(id))
+        .set(grant_access::told_until.eq(until))
+        .execute(c))?;
     Ok(())
 }
 

@@ -110,6 +110,7 @@ diesel::table! {
         role -> Text,
         preexisting -> Bool,
         updated_at -> BigInt,
+        told_until -> Nullable<BigInt>,
     }
 }
 

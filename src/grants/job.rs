@@ -21,7 +21,7 @@ use crate::db::{Db, StoreError};
 use crate::dispatch;
 use crate::domain::{from_micros, GrantState, RevokeReason};
 use crate::providers::Action;
-use crate::queue::lease::call_leased;
+use crate::queue::lease::{call_leased, extend_leased};
 use crate::queue::{blocking, retry_at, Finish, Job, JobRow, Run};
 
 /// The job of grant `grant_id`; `cleanup` when the grant failed and what
@@ -190,6 +190,11 @@ impl Job for GrantJob {
                     known = timer_revoke(ctx, &g, now).await?;
                 }
                 GrantState::Active => {
+                    if ctx.providers.carries_end(provider_of(&g)) {
+                        if let Some(done) = tell_end(ctx, lease, &g, attempts, now).await? {
+                            return Ok(done);
+                        }
+                    }
                     return Ok(Finish::At {
                         run_at: expires_at,
                         attempts: 0,
@@ -293,6 +298,80 @@ fn provider_of(g: &GrantRow) -> &str {
     g.resource
         .split_once('/')
         .map_or(g.resource.as_str(), |(p, _)| p)
+}
+
+/// Tells the provider of an active grant its later end after an extension
+/// (`ledger::plan_extend`); `None` when there is nothing to tell. A failed
+/// call is retried, but never past the grant's end, when the timer takes
+/// over.
+async fn tell_end(
+    ctx: &Arc<Context>,
+    lease: &crate::queue::Lease,
+    g: &GrantRow,
+    attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<Option<Finish>, StoreError> {
+    let planned = {
+        let g = g.clone();
+        ctx.commit
+            .submit(&g.ticket.clone(), now, move |conn, _events| {
+                ledger::plan_extend(conn, &g, now)
+            })
+            .await?
+    };
+    if !planned {
+        return Ok(None);
+    }
+    let expires_at = from_micros(g.expires_at);
+    match extend_leased(ctx, lease, g).await {
+        None => Ok(Some(Finish::Lost)),
+        Some(Ok(())) => {
+            let (id, ticket, until) = (g.id.clone(), g.ticket.clone(), g.expires_at);
+            ctx.commit
+                .submit(&g.ticket, now, move |conn, events| {
+                    crate::db::access::set_told(conn, &id, until)?;
+                    events.push(
+                        NewEvent::new(
+                            "grant.extension_applied",
+                            "warrant",
+                            json!({ "expires_at": crate::domain::rfc3339(from_micros(until)) }),
+                        )
+                        .ticket(&ticket)
+                        .grant(&id),
+                    );
+                    Ok(())
+                })
+                .await?;
+            Ok(Some(Finish::At {
+                run_at: expires_at,
+                attempts: 0,
+                error: None,
+            }))
+        }
+        Some(Err(e)) => {
+            let retry = retry_later(
+                ctx,
+                g,
+                "grant.extension_failed",
+                attempts,
+                e.to_string(),
+                now,
+            )
+            .await?;
+            Ok(Some(match retry {
+                Finish::At {
+                    run_at,
+                    attempts,
+                    error,
+                } => Finish::At {
+                    run_at: run_at.min(expires_at),
+                    attempts,
+                    error,
+                },
+                other => other,
+            }))
+        }
+    }
 }
 
 /// `ledger::plan_apply` in the grant's commit lane.

@@ -15,7 +15,9 @@
 //!   provider's access carries an end and its own end is later (then the
 //!   provider hears the later end);
 //! - a grant being revoked keeps the access, without a call, while another
-//!   grant of it is being applied or active.
+//!   grant of it is being applied or active;
+//! - an active grant extended past every other active grant of an access
+//!   that carries an end tells the provider its new end (`plan_extend`).
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -91,6 +93,9 @@ pub fn plan_apply(
         }
     }
     access::set_role(conn, &g.id, Role::Held, false, to_micros(activate.now))?;
+    if carries_end {
+        access::set_told(conn, &g.id, g.expires_at)?;
+    }
     // A later end than an active holder's: this grant now holds the access
     // at the provider, the one that ended first rides on it.
     if let Some(h) = active {
@@ -99,6 +104,42 @@ pub fn plan_apply(
     Ok(Some(Apply::Call {
         alone: active.is_none(),
     }))
+}
+
+/// Decides, under the access's lock, whether the provider of active grant
+/// `g`, whose access carries an end, must hear `g`'s end again: after an
+/// extension, when no other active grant of the access already outlasts
+/// it and the provider was last told an earlier end. A grant that rode on
+/// another's access then holds it, and the other rides on it. The caller
+/// records the told end (`access::set_told`) once the provider took it, so
+/// a failed call is asked again.
+pub fn plan_extend(
+    conn: &mut Conn<'_>,
+    g: &GrantRow,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    access::lock(conn, &g.resource, &g.account)?;
+    let mine = access::get(conn, &g.id)?;
+    if mine
+        .as_ref()
+        .and_then(|a| a.told_until)
+        .is_some_and(|told| told >= g.expires_at)
+    {
+        return Ok(false);
+    }
+    let others = access::others(conn, g)?;
+    let active = access::last_ending(&others, GrantState::Active);
+    if active.is_some_and(|h| h.expires_at >= g.expires_at) {
+        return Ok(false);
+    }
+    let at = to_micros(now);
+    if mine.is_none_or(|a| a.role != Role::Held.as_str()) {
+        access::set_role(conn, &g.id, Role::Held, false, at)?;
+        if let Some(h) = active {
+            access::set_role(conn, &h.id, Role::Shared, false, at)?;
+        }
+    }
+    Ok(true)
 }
 
 /// Waits on grant `on`. The job's row is rescheduled here, under the

@@ -104,6 +104,9 @@ pub fn follow_window(
         GrantState::Pending => {
             GrantJob::new(&g.id).enqueue(conn, from_micros(first_run(&moved)), now)?
         }
+        // After an extension the job runs now: a provider whose access
+        // carries an end is told the new one (`ledger::plan_extend`).
+        GrantState::Active if end > g.expires_at => GrantJob::new(&g.id).enqueue(conn, now, now)?,
         GrantState::Active => GrantJob::new(&g.id).enqueue(conn, from_micros(end), now)?,
         _ => {}
     }

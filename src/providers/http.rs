@@ -102,7 +102,7 @@ async fn call(
         .as_ref()
         .ok_or_else(|| ProviderError::Call("no secret".into()))?;
     let key = whsec_key(secret.expose_secret()).map_err(ProviderError::Call)?;
-    let id = format!("{}-{}", call.grant_id, call.action.as_str());
+    let id = call.id();
     let ts = now.timestamp();
     let signature = sign_standard(&key, &id, ts, &body);
     // Errors go into the audit trail and the API: they name the endpoint

@@ -119,6 +119,20 @@ async fn bounded<T>(
 impl Providers {
     /// Applies or removes the grant at its provider.
     pub async fn call(&self, g: &GrantRow, action: Action) -> Result<(), ProviderError> {
+        self.call_for(g, action, false).await
+    }
+
+    /// Tells the provider of an active grant its later end (`Call::extension`).
+    pub async fn extend(&self, g: &GrantRow) -> Result<(), ProviderError> {
+        self.call_for(g, Action::Grant, true).await
+    }
+
+    async fn call_for(
+        &self,
+        g: &GrantRow,
+        action: Action,
+        extension: bool,
+    ) -> Result<(), ProviderError> {
         let (provider, target) = g
             .resource
             .split_once('/')
@@ -148,6 +162,7 @@ impl Providers {
             ticket: &g.ticket,
             starts_at: rfc3339(from_micros(g.starts_at)),
             expires_at: rfc3339(from_micros(g.expires_at)),
+            extension,
         };
         self.send(provider, &call).await
     }
@@ -176,6 +191,7 @@ impl Providers {
             ticket: "",
             starts_at: at.clone(),
             expires_at: at,
+            extension: false,
         };
         self.send(name, &call).await
     }

@@ -126,18 +126,36 @@ pub async fn call_leased(
     g: &GrantRow,
     action: Action,
 ) -> Option<Result<(), providers::ProviderError>> {
+    leased(lease, g, action.as_str(), ctx.providers.call(g, action)).await
+}
+
+/// `call_leased` for telling the provider an active grant's later end.
+pub async fn extend_leased(
+    ctx: &Arc<Context>,
+    lease: &Lease,
+    g: &GrantRow,
+) -> Option<Result<(), providers::ProviderError>> {
+    leased(lease, g, "extend", ctx.providers.extend(g)).await
+}
+
+async fn leased(
+    lease: &Lease,
+    g: &GrantRow,
+    what: &str,
+    call: impl std::future::Future<Output = Result<(), providers::ProviderError>>,
+) -> Option<Result<(), providers::ProviderError>> {
     let left = lease.left();
     if left.is_zero() {
         return None;
     }
-    match tokio::time::timeout(left, ctx.providers.call(g, action)).await {
+    match tokio::time::timeout(left, call).await {
         Ok(answer) => Some(answer),
         Err(_) => {
             lease.lose();
             tracing::error!(
                 job = lease.job,
                 grant = %g.id,
-                action = action.as_str(),
+                action = what,
                 "LEASE LOST: the job's lease could not be renewed and ran out during \
                  its provider call; the call is abandoned"
             );

@@ -469,7 +469,8 @@ async fn change_as(
 /// Changes after approval: a grown approver list leaves the grant alone
 /// (no call, no new grant); an earlier end applies at once, in place; a
 /// later end keeps the approved end until the change is approved again,
-/// then extends the same grant in place, with no revoke in between.
+/// then extends the same grant in place, with no revoke in between, and
+/// the receiver (whose access carries an end) hears the new end.
 async fn edits_after_approval_change_the_grant_in_place(backend: Backend) {
     let app = app!(backend);
     let key = "servicenow:CHG0000010";
@@ -591,6 +592,34 @@ async fn edits_after_approval_change_the_grant_in_place(backend: Backend) {
         !events.contains(&"revoke.requested".to_string()),
         "{events:?}"
     );
+    // The receiver, told the approved end at first, hears the new end as a
+    // call of its own identity, so no gap opens at the provider.
+    let calls = app.receiver.calls();
+    assert_eq!(
+        calls.len(),
+        2,
+        "{:?}",
+        calls.iter().map(|c| &c.body).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        calls[0].header("webhook-id"),
+        Some(format!("{id}-grant").as_str())
+    );
+    assert_eq!(calls[1].action(), "grant");
+    assert_eq!(calls[1].body["expires_at"], "2026-11-25T13:00:00Z");
+    assert_eq!(calls[1].body["grant_id"], id.as_str());
+    let until = (t0() + Duration::hours(3)).timestamp();
+    assert_eq!(
+        calls[1].header("webhook-id"),
+        Some(format!("{id}-grant-until-{until}").as_str())
+    );
+    assert!(
+        events.contains(&"grant.extension_applied".to_string()),
+        "{events:?}"
+    );
+    // Told once: the job's next runs do not call again.
+    app.run_jobs().await;
+    assert_eq!(app.receiver.calls().len(), 2);
     app.advance(Duration::hours(2));
     app.run_jobs().await;
     assert_eq!(app.grants_of(key).await[0]["state"], "active");
@@ -708,7 +737,19 @@ async fn github_extensions_are_approved_by_comment(backend: Backend) {
         !events.contains(&"revoke.requested".to_string()),
         "{events:?}"
     );
-    assert_eq!(app.receiver.calls().len(), 1);
+    // The receiver hears the new end; nothing is revoked in between.
+    let calls = app.receiver.calls();
+    let told: Vec<(&str, &Value)> = calls
+        .iter()
+        .map(|c| (c.action(), &c.body["expires_at"]))
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("grant", &json!("2026-11-25T11:00:00Z")),
+            ("grant", &json!("2026-11-25T13:00:00Z"))
+        ]
+    );
 
     // Taking the label away is a rejection: the grant is revoked.
     issue.labels = vec![];

@@ -1,0 +1,1 @@
+ALTER TABLE grant_access DROP COLUMN told_until;
