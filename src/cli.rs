@@ -241,6 +241,18 @@ async fn run(command: Command, config: Config, path: &Path) -> ExitCode {
                     .map(|u| u.backend())
                     .unwrap_or("?"),
             );
+            // Starts, but cannot issue these providers' credentials.
+            for (name, p) in &config.providers {
+                if let crate::config::ProviderConfig::Token(t) = p {
+                    if t.key.is_none() && config.keys.secret.is_none() {
+                        eprintln!(
+                            "warning: providers.{name} has no key_file and [keys] names no \
+                             key-encryption key (secret_env or secret_file): its credentials \
+                             cannot be issued until one is set"
+                        );
+                    }
+                }
+            }
             ExitCode::SUCCESS
         }
         Command::Migrate => {

@@ -58,6 +58,12 @@ async fn a_generated_token_key_without_keys_starts_and_says_what_to_set() {
     let keys = "[keys]\nsecret_env = \"WARRANT_KEYS_SECRET\"\n";
     assert!(text.contains(keys));
     std::fs::write(&config, text.replace(keys, "")).unwrap();
+    let (code, _, err) = run(&config, &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: providers.deploy") && err.contains("[keys]"),
+        "{err}"
+    );
     // The contract's own example has such a provider: warrant serves (and
     // revokes), and only that provider's credentials wait for `[keys]`.
     let mut serve = Serve::start(&config, port);
