@@ -466,6 +466,102 @@ async fn change_as(
     assert_eq!(r.status(), 200);
 }
 
+/// A grant riding on another's access, extended past that one's end, is
+/// told to the receiver and then holds the access: the other's end sends
+/// nothing, its own end the one revoke. An extension that another grant's
+/// end still covers sends nothing.
+async fn an_extended_rider_tells_its_end_and_holds_the_access(backend: Backend) {
+    let app = app!(backend);
+    let holder = change(
+        &app,
+        "CHG0000021",
+        "hooks/billing",
+        -2,
+        t0() + Duration::hours(1),
+        t0(),
+    )
+    .await;
+    change_as(
+        &app,
+        "r1",
+        "CHG0000022",
+        "approved",
+        json!("alice.smith"),
+        t0() + Duration::minutes(20),
+        t0(),
+    )
+    .await;
+    app.run_jobs().await;
+    let rider = "servicenow:CHG0000022";
+    let r = &app.grants_of(rider).await[0];
+    assert_eq!(r["access"], "shared");
+    let r_id = r["id"].as_str().unwrap().to_string();
+    assert_eq!(app.receiver.calls().len(), 1);
+
+    // Extended to 40m, still inside the holder's hour: nothing to tell.
+    for (d, approval, at) in [("r2", "requested", 1), ("r3", "approved", 2)] {
+        change_as(
+            &app,
+            d,
+            "CHG0000022",
+            approval,
+            json!("alice.smith"),
+            t0() + Duration::minutes(40),
+            t0() + Duration::seconds(at),
+        )
+        .await;
+    }
+    app.run_jobs().await;
+    assert_eq!(
+        app.grants_of(rider).await[0]["expires_at"],
+        "2026-11-25T10:40:00Z"
+    );
+    assert_eq!(app.receiver.calls().len(), 1);
+
+    // Extended to 2h, past the holder: the receiver hears it.
+    for (d, approval, at) in [("r4", "requested", 3), ("r5", "approved", 4)] {
+        change_as(
+            &app,
+            d,
+            "CHG0000022",
+            approval,
+            json!("alice.smith"),
+            t0() + Duration::hours(2),
+            t0() + Duration::seconds(at),
+        )
+        .await;
+    }
+    app.run_jobs().await;
+    let calls = app.receiver.calls();
+    assert_eq!(
+        calls.len(),
+        2,
+        "{:?}",
+        calls.iter().map(|c| &c.body).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (calls[1].action(), calls[1].body["grant_id"].as_str()),
+        ("grant", Some(r_id.as_str()))
+    );
+    assert_eq!(calls[1].body["expires_at"], "2026-11-25T12:00:00Z");
+    assert_eq!(app.grants_of(rider).await[0]["access"], "held");
+
+    // The holder's hour ends: kept by the rider, no call; then the rider's.
+    app.advance(Duration::hours(1));
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(&holder).await[0]["state"], "revoked");
+    assert_eq!(app.receiver.calls().len(), 2);
+    app.advance(Duration::hours(1));
+    app.run_jobs().await;
+    assert_eq!(app.grants_of(rider).await[0]["state"], "revoked");
+    let calls = app.receiver.calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(
+        (calls[2].action(), calls[2].body["grant_id"].as_str()),
+        ("revoke", Some(r_id.as_str()))
+    );
+}
+
 /// Changes after approval: a grown approver list leaves the grant alone
 /// (no call, no new grant); an earlier end applies at once, in place; a
 /// later end keeps the approved end until the change is approved again,
@@ -1012,6 +1108,7 @@ backend_tests!(
     github_extensions_are_approved_by_comment,
     jira_extensions_are_approved_by_transition,
     edits_after_approval_change_the_grant_in_place,
+    an_extended_rider_tells_its_end_and_holds_the_access,
     standing_access_is_recorded_then_removed,
     a_shared_role_stays_until_the_last_grant_ends,
     the_http_provider_hears_first_apply_later_end_and_last_remove,
