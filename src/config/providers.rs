@@ -97,6 +97,7 @@ provider_kinds! {
     "http" => Http(HttpProvider),
     "github_team" => GithubTeam(GithubTeamProvider),
     "token" => Token(TokenProvider),
+    "aws_identity_center" => AwsIdentityCenter(AwsIdentityCenterProvider),
 }
 
 /// Reads one section's table into its struct; an error names the key.
@@ -219,6 +220,29 @@ pub struct GithubTeamProvider {
     /// The deadline of one grant or revoke; shorter than `jobs.lease`.
     #[serde(default = "default_provider_timeout")]
     pub timeout: ConfigDuration,
+}
+
+/// AWS IAM Identity Center account assignments. No secrets here: the
+/// credentials come from the standard AWS chain (environment, profile,
+/// web identity, container or instance metadata), so none is ever in the
+/// file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsIdentityCenterProvider {
+    /// The Identity Center instance (`arn:aws:sso:::instance/ssoins-...`).
+    pub instance_arn: String,
+    /// The identity store whose `UserName`s are the accounts (`d-...`).
+    pub identity_store_id: String,
+    /// The region the instance lives in.
+    pub region: String,
+    /// Another endpoint for both APIs (a VPC endpoint, or an emulator).
+    pub endpoint_url: Option<String>,
+    /// The deadline of one grant or revoke, waiting for AWS to finish the
+    /// assignment included; shorter than `jobs.lease`.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
+    /// This provider's drift mode; default `[drift] drift`.
+    pub drift: Option<DriftMode>,
 }
 
 #[derive(Clone, Deserialize)]

@@ -16,6 +16,7 @@
 //! again before a grant, so a stored grant with a bad target fails without
 //! a call. Revocations are never refused for their target (see `call`).
 
+pub mod aws_identity_center;
 pub mod github_team;
 pub mod http;
 pub mod postgres;

@@ -8,6 +8,7 @@ mod payloads;
 
 mod audit;
 mod audit_load;
+mod aws;
 mod backlinks;
 mod checkpoints;
 mod ci;
