@@ -100,7 +100,7 @@ impl App {
         let state = web::Data::new(AppState::new(ctx.clone()));
         // The generated signing key exists from the first start on.
         let st = ctx.clone();
-        web::block(move || st.tokens.prepare(&st.db, st.clock.now()))
+        web::block(move || st.credentials.tokens.prepare(&st.db, st.clock.now()))
             .await
             .map_err(|_| StoreError::Unavailable("signing key task failed".into()))??;
         let shutdown = ctx.config.server.shutdown_timeout.std().as_secs();

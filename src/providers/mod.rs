@@ -16,9 +16,11 @@
 //! again before a grant, so a stored grant with a bad target fails without
 //! a call. Revocations are never refused for their target (see `call`).
 
+pub mod credential;
 pub mod github_team;
 pub mod http;
 pub mod postgres;
+pub mod ssh;
 pub mod token;
 
 use std::collections::HashMap;
