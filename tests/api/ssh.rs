@@ -536,3 +536,28 @@ backend_tests!(
     a_certificate_logs_in_during_its_window_only,
     several_providers_serve_their_own_ca,
 );
+
+/// `deploy/ssh/warrant-ssh.toml` loads beside the test configuration, with
+/// a CA key made here in place of its path.
+#[test]
+fn the_deploy_fragment_loads() {
+    if !openssh_available() {
+        return;
+    }
+    let issuer = Issuer::new();
+    let ca = issuer.dir.path().join("hosts-ca");
+    keygen(&ca, "ed25519", "");
+    let fragment = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ssh/warrant-ssh.toml"),
+    )
+    .unwrap()
+    .replace("/etc/warrant/ssh/hosts-ca", &ca.display().to_string());
+    let text = format!(
+        "{}\n{}\n{fragment}",
+        crate::helpers::base_config("sqlite://unused.db", "http://127.0.0.1:9/access"),
+        issuer.config()
+    );
+    let config = warrant::config::Config::from_toml(&text, &crate::helpers::env).unwrap();
+    assert_eq!(config.providers["hosts"].kind(), "ssh");
+    assert_eq!(config.account_on("ci:acme/app", "hosts"), "deploy-acme-app");
+}
