@@ -105,7 +105,7 @@ impl App {
         // naming the missing key, so one unset secret does not stop
         // revocations.
         let st = ctx.clone();
-        match web::block(move || st.tokens.prepare(&st.db, st.clock.now()))
+        match web::block(move || st.credentials.tokens.prepare(&st.db, st.clock.now()))
             .await
             .map_err(|_| StoreError::Unavailable("signing key task failed".into()))?
         {

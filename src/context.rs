@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::db::{Db, StoreError};
 use crate::intake::Ingest;
 use crate::metrics::Metrics;
-use crate::providers::token::KeyRing;
+use crate::providers::credential::Credentials;
 use crate::providers::Providers;
 use crate::supervisor::Health;
 
@@ -29,8 +29,8 @@ pub struct Context {
     /// Names this process in job leases.
     pub instance: String,
     pub providers: Providers,
-    /// The `token` providers' signing keys.
-    pub tokens: KeyRing,
+    /// The signing keys of the kinds that issue credentials (`token`, `ssh`).
+    pub credentials: Credentials,
     /// Group commit for webhook intake and grant jobs.
     pub commit: Committer,
     /// Which supervised loops run now (`/readyz`).
@@ -69,7 +69,7 @@ impl Context {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ContextError::Http(e.to_string()))?;
-        let tokens = KeyRing::new(&config).map_err(ContextError::Keys)?;
+        let credentials = Credentials::new(&config).map_err(ContextError::Keys)?;
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
         let providers =
@@ -87,7 +87,7 @@ impl Context {
             commit,
             health,
             providers,
-            tokens,
+            credentials,
             config,
             db,
             clock,

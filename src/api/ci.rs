@@ -1,9 +1,13 @@
-//! CI deploy rights over HTTP, and the `token` provider's public side.
+//! CI deploy rights over HTTP, and the public side of the providers that
+//! issue credentials (`token`, `ssh`).
 //!
 //! - `POST /v1/ci/grants` and `DELETE /v1/ci/grants/{id}`: for pipelines,
 //!   authenticated by their OIDC token (`Authorization: Bearer <JWT>`).
 //! - `GET /.well-known/jwks.json`: the public keys of the credentials.
 //! - `POST /v1/introspect` (RFC 7662): for API tokens of role `introspector`.
+//! - `GET /v1/ssh/ca.pub[?provider=NAME]`: an `ssh` provider's CA public
+//!   key, for hosts' `TrustedUserCAKeys` (the provider may be left out when
+//!   only one is configured).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -18,13 +22,16 @@ use crate::ci::{self as ci_core, CiRequest, Outcome, Released};
 use crate::domain::{parse_duration, Resource, TicketKey};
 use crate::grants::Grant;
 use crate::policy::ci::{self as decide, CiDenial};
-use crate::providers::token::{CredentialError, KeyError};
+use crate::providers::credential::{self, CredentialError};
+use crate::providers::ssh::CaChoice;
+use crate::providers::token::{self as token_kind, KeyError};
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/ci/grants", web::post().to(create))
         .route("/v1/ci/grants/{id}", web::delete().to(release))
         .route("/v1/introspect", web::post().to(introspect))
-        .route("/.well-known/jwks.json", web::get().to(jwks));
+        .route("/.well-known/jwks.json", web::get().to(jwks))
+        .route("/v1/ssh/ca.pub", web::get().to(ssh_ca));
 }
 
 /// Largest request body a pipeline or an introspection sends.
@@ -95,9 +102,9 @@ fn key_error(e: KeyError) -> ApiError {
 
 fn credential_error(e: CredentialError) -> ApiError {
     match e {
-        CredentialError::Keys(k) => key_error(k),
-        CredentialError::Sign(why) => {
-            tracing::error!(error = %why, "cannot sign a credential");
+        CredentialError::Token(token_kind::CredentialError::Keys(k)) => key_error(k),
+        other => {
+            tracing::error!(error = %other, "cannot sign a credential");
             ApiError::Internal
         }
     }
@@ -109,6 +116,8 @@ struct CreateBody {
     ticket: String,
     resource: String,
     duration: Option<String>,
+    /// For an `ssh` resource: the OpenSSH public key to certify.
+    public_key: Option<String>,
 }
 
 async fn create(
@@ -125,7 +134,7 @@ async fn create(
     }
     let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
-            "invalid JSON body: {e} (expected {{\"ticket\", \"resource\", \"duration\"}})"
+            "invalid JSON body: {e} (expected {{\"ticket\", \"resource\", \"duration\", \"public_key\"}})"
         ))
     })?;
     let ticket: TicketKey = body.ticket.parse().map_err(ApiError::BadRequest)?;
@@ -136,6 +145,8 @@ async fn create(
         .map(parse_duration)
         .transpose()
         .map_err(|e| ApiError::BadRequest(format!("`duration`: {e}")))?;
+    let material = credential::material(&state.ctx.config, &resource, body.public_key.as_deref())
+        .map_err(ApiError::BadRequest)?;
     let issuer = state
         .ctx
         .config
@@ -164,9 +175,14 @@ async fn create(
         resource,
         duration,
         max_duration: trusted.rule.max_duration.0,
+        public_key: match &material {
+            credential::Material::SshKey(k) => Some(k.fingerprint(Default::default()).to_string()),
+            credential::Material::Nothing => None,
+        },
     };
     state
         .ctx
+        .credentials
         .tokens
         .usable(request.resource.provider())
         .map_err(key_error)?;
@@ -178,8 +194,8 @@ async fn create(
         let credential = match &outcome {
             Outcome::Created(g) | Outcome::Existing(g) => st
                 .ctx
-                .tokens
-                .issue(&st.ctx.db, now, g)
+                .credentials
+                .issue(&st.ctx.config, &st.ctx.db, now, g, &material)
                 .map_err(credential_error)?,
             Outcome::Denied(_) | Outcome::UnknownTicket => None,
         };
@@ -305,6 +321,7 @@ async fn introspect(
     let st = state.clone();
     let answer = blocking(move || {
         st.ctx
+            .credentials
             .tokens
             .introspect(&st.ctx.db, now, &token)
             .map_err(key_error)
@@ -318,8 +335,40 @@ async fn introspect(
 async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = state.ctx.clock.now();
     let st = state.clone();
-    let keys = blocking(move || st.ctx.tokens.jwks(&st.ctx.db, now).map_err(key_error)).await?;
+    let keys = blocking(move || {
+        st.ctx
+            .credentials
+            .tokens
+            .jwks(&st.ctx.db, now)
+            .map_err(key_error)
+    })
+    .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "public, max-age=60"))
         .json(keys))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaQuery {
+    provider: Option<String>,
+}
+
+async fn ssh_ca(
+    state: web::Data<AppState>,
+    query: web::Query<CaQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let line = state
+        .ctx
+        .credentials
+        .ssh
+        .public_key(query.provider.as_deref())
+        .map_err(|e| match e {
+            CaChoice::Ambiguous(_) => ApiError::BadRequest(e.to_string()),
+            CaChoice::None | CaChoice::Unknown(_) => ApiError::NotFound(e.to_string()),
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=300"))
+        .body(line))
 }

@@ -83,6 +83,9 @@ pub struct CiRequest {
     pub duration: Option<Duration>,
     /// The trust rule's `max_duration`.
     pub max_duration: Duration,
+    /// The SHA-256 fingerprint of the public key an `ssh` credential is
+    /// asked for, kept in the audit trail (a revocation list can name it).
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +137,9 @@ fn request_once(
             "duration": req.duration.map(format_duration),
             "outcome": outcome,
         });
+        if let (Some(d), Some(key)) = (data.as_object_mut(), &req.public_key) {
+            d.insert("public_key".into(), json!(key));
+        }
         if let (Some(d), Value::Object(extra)) = (data.as_object_mut(), extra) {
             d.extend(extra);
         }

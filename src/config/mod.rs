@@ -26,7 +26,7 @@ pub use ci::{CiConfig, CiIssuer, CiTrust};
 pub use drift::{DriftConfig, DriftMode};
 pub use providers::{
     AwsIdentityCenterProvider, GithubTeamProvider, HttpProvider, PostgresProvider, ProviderConfig,
-    ProviderSection, TokenProvider, PROVIDER_KINDS,
+    ProviderSection, SshProvider, TokenProvider, PROVIDER_KINDS,
 };
 pub use runtime::{DatabaseConfig, JobsConfig, LogFormat, ServerConfig};
 pub use sources::{

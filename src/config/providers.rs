@@ -98,6 +98,7 @@ provider_kinds! {
     "github_team" => GithubTeam(GithubTeamProvider),
     "token" => Token(TokenProvider),
     "aws_identity_center" => AwsIdentityCenter(AwsIdentityCenterProvider),
+    "ssh" => Ssh(SshProvider),
 }
 
 /// Reads one section's table into its struct; an error names the key.
@@ -272,6 +273,28 @@ pub struct TokenProvider {
     pub previous_keys: Vec<SecretString>,
 }
 
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshProvider {
+    /// The certificate authority's Ed25519 private key, in OpenSSH format
+    /// (`ssh-keygen -t ed25519`, no passphrase), from a file or from an
+    /// environment variable.
+    pub ca_key_file: Option<PathBuf>,
+    pub ca_key_env: Option<String>,
+    /// The certificates' extensions (`permit-pty`, `permit-port-forwarding`,
+    /// `permit-agent-forwarding`, `permit-X11-forwarding`, `permit-user-rc`,
+    /// or a vendor's `name@domain`).
+    #[serde(default = "default_ssh_extensions")]
+    pub extensions: Vec<String>,
+    /// The text of the CA key, read and checked at load.
+    #[serde(skip)]
+    pub ca_key: Option<SecretString>,
+}
+
+fn default_ssh_extensions() -> Vec<String> {
+    vec!["permit-pty".into()]
+}
+
 impl fmt::Debug for PostgresProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresProvider")
@@ -322,6 +345,17 @@ impl fmt::Debug for TokenProvider {
             .field("audience", &self.audience)
             .field("key", &redacted(&self.key))
             .field("previous_keys", &redacted_all(&self.previous_keys))
+            .finish()
+    }
+}
+
+impl fmt::Debug for SshProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshProvider")
+            .field("ca_key_file", &self.ca_key_file)
+            .field("ca_key_env", &self.ca_key_env)
+            .field("extensions", &self.extensions)
+            .field("ca_key", &redacted(&self.ca_key))
             .finish()
     }
 }

@@ -17,9 +17,11 @@
 //! a call. Revocations are never refused for their target (see `call`).
 
 pub mod aws_identity_center;
+pub mod credential;
 pub mod github_team;
 pub mod http;
 pub mod postgres;
+pub mod ssh;
 pub mod token;
 
 use std::collections::HashMap;

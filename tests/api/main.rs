@@ -22,6 +22,7 @@ mod ledger;
 mod lifecycle;
 mod people;
 mod sinks;
+mod ssh;
 mod supervision;
 mod targets;
 mod webhooks;
