@@ -25,8 +25,9 @@ pub use audit::{AuditConfig, KeysConfig, SinkConfig, SinkKind};
 pub use ci::{CiConfig, CiIssuer, CiTrust};
 pub use drift::{DriftConfig, DriftMode};
 pub use providers::{
-    AwsIdentityCenterProvider, GithubTeamProvider, HttpProvider, PostgresProvider, ProviderConfig,
-    ProviderSection, SshProvider, TokenProvider, PROVIDER_KINDS,
+    AwsIdentityCenterProvider, GithubTeamProvider, HttpProvider, LdapGroupProvider,
+    MemberAttribute, PostgresProvider, ProviderConfig, ProviderSection, SshProvider, TokenProvider,
+    PROVIDER_KINDS,
 };
 pub use runtime::{DatabaseConfig, JobsConfig, LogFormat, ServerConfig};
 pub use sources::{

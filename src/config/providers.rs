@@ -99,6 +99,7 @@ provider_kinds! {
     "token" => Token(TokenProvider),
     "aws_identity_center" => AwsIdentityCenter(AwsIdentityCenterProvider),
     "ssh" => Ssh(SshProvider),
+    "ldap_group" => LdapGroup(LdapGroupProvider),
 }
 
 /// Reads one section's table into its struct; an error names the key.
@@ -293,6 +294,93 @@ pub struct SshProvider {
 
 fn default_ssh_extensions() -> Vec<String> {
     vec!["permit-pty".into()]
+}
+
+/// An `ldap_group` provider: membership of `cn=TARGET,{group_base}` in an
+/// LDAP directory (`crate::providers::ldap_group`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapGroupProvider {
+    /// `ldaps://HOST[:PORT]`, or `ldap://HOST[:PORT]` with StartTLS.
+    pub url: String,
+    /// StartTLS on an `ldap://` URL; `false` (plain LDAP, the password in
+    /// clear) is accepted only for a loopback host.
+    #[serde(default = "yes")]
+    pub starttls: bool,
+    /// PEM file of the CA(s) to trust instead of the system's store.
+    pub ca_file: Option<PathBuf>,
+    /// The DN warrant binds as.
+    pub bind_dn: String,
+    pub bind_password_env: Option<String>,
+    pub bind_password_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub bind_password: Option<SecretString>,
+    /// The account's DN, with `{account}` as one whole RDN value, e.g.
+    /// `uid={account},ou=people,dc=acme,dc=test`; not used (and refused)
+    /// with `member_attribute = "memberUid"`.
+    pub user_dn: Option<String>,
+    /// Where the groups are: target `T` is the group `cn=T,{group_base}`.
+    pub group_base: String,
+    #[serde(default)]
+    pub member_attribute: MemberAttribute,
+    /// Groups (cn) this provider may grant; empty means any a policy allows.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The deadline of one grant, revoke or read (shorter than `jobs.lease`).
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
+    /// This provider's drift mode; default `[drift] drift`.
+    pub drift: Option<DriftMode>,
+}
+
+/// The group attribute an `ldap_group` provider writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum MemberAttribute {
+    /// `groupOfNames`: the account's DN.
+    #[default]
+    #[serde(rename = "member")]
+    Member,
+    /// `groupOfUniqueNames`: the account's DN.
+    #[serde(rename = "uniqueMember")]
+    UniqueMember,
+    /// `posixGroup` (RFC 2307): the account itself.
+    #[serde(rename = "memberUid")]
+    MemberUid,
+}
+
+impl MemberAttribute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberAttribute::Member => "member",
+            MemberAttribute::UniqueMember => "uniqueMember",
+            MemberAttribute::MemberUid => "memberUid",
+        }
+    }
+
+    /// Whether its values are DNs (else the account itself).
+    pub fn holds_dns(self) -> bool {
+        self != MemberAttribute::MemberUid
+    }
+}
+
+impl fmt::Debug for LdapGroupProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LdapGroupProvider")
+            .field("url", &self.url)
+            .field("starttls", &self.starttls)
+            .field("ca_file", &self.ca_file)
+            .field("bind_dn", &self.bind_dn)
+            .field("bind_password_env", &self.bind_password_env)
+            .field("bind_password_file", &self.bind_password_file)
+            .field("bind_password", &redacted(&self.bind_password))
+            .field("user_dn", &self.user_dn)
+            .field("group_base", &self.group_base)
+            .field("member_attribute", &self.member_attribute)
+            .field("groups", &self.groups)
+            .field("timeout", &self.timeout)
+            .field("drift", &self.drift)
+            .finish()
+    }
 }
 
 impl fmt::Debug for PostgresProvider {

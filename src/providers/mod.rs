@@ -20,6 +20,7 @@ pub mod aws_identity_center;
 pub mod credential;
 pub mod github_team;
 pub mod http;
+pub mod ldap_group;
 pub mod postgres;
 pub mod ssh;
 pub mod token;

@@ -17,6 +17,7 @@ mod health;
 mod hostile;
 mod http_bounds;
 mod keys;
+mod ldap;
 mod leases;
 mod ledger;
 mod lifecycle;
