@@ -244,11 +244,18 @@ impl Config {
         self.identities.iter().find(|i| i.principal == principal)
     }
 
-    /// The subject's account on a provider: `accounts.PROVIDER`, else the principal.
+    /// The subject's account on a provider: `accounts.PROVIDER`, else the
+    /// principal, in the one spelling the provider's kind compares
+    /// (`ProviderSection::canonical_account`).
     pub fn account_on(&self, principal: &str, provider: &str) -> String {
-        self.identity(principal)
+        let account = self
+            .identity(principal)
             .and_then(|i| i.accounts.get(provider).cloned())
-            .unwrap_or_else(|| principal.to_string())
+            .unwrap_or_else(|| principal.to_string());
+        match self.providers.get(provider) {
+            Some(p) => p.section().canonical_account(&account),
+            None => account,
+        }
     }
 }
 

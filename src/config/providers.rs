@@ -43,6 +43,12 @@ pub trait ProviderSection: TargetRule + fmt::Debug + Send + Sync {
     fn drift(&self) -> Option<DriftMode> {
         None
     }
+    /// The one spelling of `account` at this kind, where it has several
+    /// (`mysql`: `dave` is `dave@%`): grants, the access ledger and drift
+    /// checks compare accounts as text, so each access must be written once.
+    fn canonical_account(&self, account: &str) -> String {
+        account.to_string()
+    }
 }
 
 /// The registry of provider kinds: one line per kind, `"kind" =>
