@@ -25,8 +25,8 @@ pub use audit::{AuditConfig, KeysConfig, SinkConfig, SinkKind};
 pub use ci::{CiConfig, CiIssuer, CiTrust};
 pub use drift::{DriftConfig, DriftMode};
 pub use providers::{
-    GithubTeamProvider, HttpProvider, PostgresProvider, ProviderConfig, ProviderSection,
-    TokenProvider, PROVIDER_KINDS,
+    GithubTeamProvider, HttpProvider, MysqlProvider, PostgresProvider, ProviderConfig,
+    ProviderSection, TokenProvider, PROVIDER_KINDS,
 };
 pub use runtime::{DatabaseConfig, JobsConfig, LogFormat, ServerConfig};
 pub use sources::{

@@ -103,6 +103,7 @@ provider_kinds! {
     "http" => Http(HttpProvider),
     "github_team" => GithubTeam(GithubTeamProvider),
     "token" => Token(TokenProvider),
+    "mysql" => Mysql(MysqlProvider),
 }
 
 /// Reads one section's table into its struct; an error names the key.
@@ -188,6 +189,38 @@ pub struct PostgresProvider {
     pub terminate_sessions: bool,
 }
 
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlProvider {
+    /// A `mysql://user:password@host:port` URL (a secret).
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub url: Option<SecretString>,
+    /// Roles this provider may grant; empty means any role a policy allows.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Roles it may grant although they hold, or are granted a role that
+    /// holds, SUPER, GRANT OPTION, CREATE USER or ALL PRIVILEGES on `*.*`;
+    /// any other such role is refused at grant time.
+    #[serde(default)]
+    pub allow_privileged: Vec<String>,
+    /// Make the granted role the account's default role while granted, so
+    /// it is in force at login without `SET ROLE`.
+    #[serde(default)]
+    pub default_role: bool,
+    /// End the account's open sessions after its access is removed: a
+    /// session that took the role keeps it until it ends.
+    #[serde(default = "yes")]
+    pub terminate_sessions: bool,
+    /// The deadline of one grant or revoke (shorter than `jobs.lease`); on
+    /// the server also the longest a wait for a metadata lock may take.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
+    /// This provider's drift mode; default `[drift] drift`.
+    pub drift: Option<DriftMode>,
+}
+
 fn yes() -> bool {
     true
 }
@@ -265,6 +298,22 @@ impl fmt::Debug for PostgresProvider {
             .field("timeout", &self.timeout)
             .field("drift", &self.drift)
             .field("terminate_sessions", &self.terminate_sessions)
+            .finish()
+    }
+}
+
+impl fmt::Debug for MysqlProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlProvider")
+            .field("url_env", &self.url_env)
+            .field("url_file", &self.url_file)
+            .field("url", &redacted(&self.url))
+            .field("roles", &self.roles)
+            .field("allow_privileged", &self.allow_privileged)
+            .field("default_role", &self.default_role)
+            .field("terminate_sessions", &self.terminate_sessions)
+            .field("timeout", &self.timeout)
+            .field("drift", &self.drift)
             .finish()
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod github_team;
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 pub mod token;
 
