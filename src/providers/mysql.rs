@@ -260,7 +260,12 @@ impl Mysql {
             OptsBuilder::from_opts(o)
                 .pool_opts(
                     PoolOpts::default()
-                        .with_constraints(PoolConstraints::new(0, 4).unwrap_or_default()),
+                        .with_constraints(PoolConstraints::new(0, 4).unwrap_or_default())
+                        // Idle connections close long before the server's
+                        // `wait_timeout` could, so a grant after a quiet
+                        // night does not fail on a connection the server
+                        // dropped.
+                        .with_inactive_connection_ttl(std::time::Duration::from_secs(60)),
                 )
                 .setup(vec![
                     // A statement stuck behind another session's metadata
@@ -868,6 +873,19 @@ mod tests {
         cfg.section().validate("providers.app-db").unwrap();
         assert!(cfg.check_target("app-db", "reporting").is_ok());
         assert!(cfg.check_target("app-db", "admin").is_err());
+    }
+
+    #[test]
+    fn a_bad_url_names_its_key_and_not_its_password() {
+        let mut cfg: MysqlProvider = toml::from_str("url_env = \"DB\"").unwrap();
+        let env = |_: &str| Some("mysql://warrant:s3cret-pw@db:3306/?nonsense=1".to_string());
+        let err = cfg.load_secrets("providers.app-db", &env).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("providers.app-db.url_env"), "{text}");
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        let env = |_: &str| Some("mysql://warrant:s3cret-pw@db:3306".to_string());
+        cfg.load_secrets("providers.app-db", &env).unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret-pw"));
     }
 
     #[test]
