@@ -26,8 +26,8 @@ pub use ci::{CiConfig, CiIssuer, CiTrust};
 pub use drift::{DriftConfig, DriftMode};
 pub use providers::{
     AwsIdentityCenterProvider, GithubTeamProvider, HttpProvider, LdapGroupProvider,
-    MemberAttribute, PostgresProvider, ProviderConfig, ProviderSection, SshProvider, TokenProvider,
-    PROVIDER_KINDS,
+    MemberAttribute, MysqlProvider, PostgresProvider, ProviderConfig, ProviderSection, SshProvider,
+    TokenProvider, PROVIDER_KINDS,
 };
 pub use runtime::{DatabaseConfig, JobsConfig, LogFormat, ServerConfig};
 pub use sources::{
@@ -245,11 +245,18 @@ impl Config {
         self.identities.iter().find(|i| i.principal == principal)
     }
 
-    /// The subject's account on a provider: `accounts.PROVIDER`, else the principal.
+    /// The subject's account on a provider: `accounts.PROVIDER`, else the
+    /// principal, in the one spelling the provider's kind compares
+    /// (`ProviderSection::canonical_account`).
     pub fn account_on(&self, principal: &str, provider: &str) -> String {
-        self.identity(principal)
+        let account = self
+            .identity(principal)
             .and_then(|i| i.accounts.get(provider).cloned())
-            .unwrap_or_else(|| principal.to_string())
+            .unwrap_or_else(|| principal.to_string());
+        match self.providers.get(provider) {
+            Some(p) => p.section().canonical_account(&account),
+            None => account,
+        }
     }
 }
 

@@ -43,6 +43,12 @@ pub trait ProviderSection: TargetRule + fmt::Debug + Send + Sync {
     fn drift(&self) -> Option<DriftMode> {
         None
     }
+    /// The one spelling of `account` at this kind, where it has several
+    /// (`mysql`: `dave` is `dave@%`): grants, the access ledger and drift
+    /// checks compare accounts as text, so each access must be written once.
+    fn canonical_account(&self, account: &str) -> String {
+        account.to_string()
+    }
 }
 
 /// The registry of provider kinds: one line per kind, `"kind" =>
@@ -100,6 +106,7 @@ provider_kinds! {
     "aws_identity_center" => AwsIdentityCenter(AwsIdentityCenterProvider),
     "ssh" => Ssh(SshProvider),
     "ldap_group" => LdapGroup(LdapGroupProvider),
+    "mysql" => Mysql(MysqlProvider),
 }
 
 /// Reads one section's table into its struct; an error names the key.
@@ -183,6 +190,38 @@ pub struct PostgresProvider {
     /// session that already did `SET ROLE` loses the role too.
     #[serde(default = "yes")]
     pub terminate_sessions: bool,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlProvider {
+    /// A `mysql://user:password@host:port` URL (a secret).
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub url: Option<SecretString>,
+    /// Roles this provider may grant; empty means any role a policy allows.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Roles it may grant although they hold, or are granted a role that
+    /// holds, SUPER, GRANT OPTION, CREATE USER or ALL PRIVILEGES on `*.*`;
+    /// any other such role is refused at grant time.
+    #[serde(default)]
+    pub allow_privileged: Vec<String>,
+    /// Make the granted role the account's default role while granted, so
+    /// it is in force at login without `SET ROLE`.
+    #[serde(default)]
+    pub default_role: bool,
+    /// End the account's open sessions after its access is removed: a
+    /// session that took the role keeps it until it ends.
+    #[serde(default = "yes")]
+    pub terminate_sessions: bool,
+    /// The deadline of one grant or revoke (shorter than `jobs.lease`); on
+    /// the server also the longest a wait for a metadata lock may take.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: ConfigDuration,
+    /// This provider's drift mode; default `[drift] drift`.
+    pub drift: Option<DriftMode>,
 }
 
 fn yes() -> bool {
@@ -394,6 +433,22 @@ impl fmt::Debug for PostgresProvider {
             .field("timeout", &self.timeout)
             .field("drift", &self.drift)
             .field("terminate_sessions", &self.terminate_sessions)
+            .finish()
+    }
+}
+
+impl fmt::Debug for MysqlProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlProvider")
+            .field("url_env", &self.url_env)
+            .field("url_file", &self.url_file)
+            .field("url", &redacted(&self.url))
+            .field("roles", &self.roles)
+            .field("allow_privileged", &self.allow_privileged)
+            .field("default_role", &self.default_role)
+            .field("terminate_sessions", &self.terminate_sessions)
+            .field("timeout", &self.timeout)
+            .field("drift", &self.drift)
             .finish()
     }
 }

@@ -21,6 +21,7 @@ pub mod credential;
 pub mod github_team;
 pub mod http;
 pub mod ldap_group;
+pub mod mysql;
 pub mod postgres;
 pub mod ssh;
 pub mod token;

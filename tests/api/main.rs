@@ -21,6 +21,7 @@ mod ldap;
 mod leases;
 mod ledger;
 mod lifecycle;
+mod mysql;
 mod people;
 mod sinks;
 mod ssh;
