@@ -19,6 +19,7 @@ mod keys;
 mod leases;
 mod ledger;
 mod lifecycle;
+mod openapi;
 mod people;
 mod sinks;
 mod supervision;
