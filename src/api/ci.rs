@@ -134,6 +134,7 @@ pub struct CiReleased {
 #[allow(dead_code)] // only describes the body `token_param` reads
 struct IntrospectRequest {
     /// The credential to check.
+    #[schema(min_length = 1, pattern = r"\S")]
     token: String,
 }
 

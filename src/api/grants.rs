@@ -358,6 +358,7 @@ fn ticket_key(req: &HttpRequest) -> Result<TicketKey, ApiError> {
     tag = "grants",
     params(("key" = String, Path,
         pattern = r"^(github:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+#[0-9]+|jira:[A-Za-z0-9_]+-[0-9]+|servicenow:[A-Za-z0-9_.-]+)$",
+        example = "github:acme/access-requests#1",
         description = "The ticket key, percent-encoded: `github:OWNER/REPO#N`, `jira:KEY-N`, `servicenow:NUMBER`")),
     security(("api_token" = ["admin", "auditor"])),
     responses(

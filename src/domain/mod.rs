@@ -483,7 +483,10 @@ macro_rules! string_enum {
 
 string_enum!(
     /// Where a grant is in its life.
+    // utoipa does not read the macro's per-variant renames; these are the
+    // same names.
     #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
     GrantState {
         Pending => "pending",
         Granting => "granting",
