@@ -233,10 +233,7 @@ fn configure_extractors(cfg: &mut web::ServiceConfig) {
 /// it, so a filter or an id with one would fail the query and answer 500.
 /// Percent-decoding is one pass, so `%00` in the raw URL is exactly a NUL
 /// in a decoded value.
-fn refuse_nul<S, B>(
-    req: actix_web::dev::ServiceRequest,
-    srv: &S,
-) -> Either<Ready<Answer<EitherBody<B>>>, Map<S::Future, fn(Answer<B>) -> Answer<EitherBody<B>>>>
+fn refuse_nul<S, B>(req: actix_web::dev::ServiceRequest, srv: &S) -> Checked<S::Future, B>
 where
     S: Service<
         actix_web::dev::ServiceRequest,
@@ -264,6 +261,11 @@ where
 
 /// What a service in the chain answers.
 type Answer<B> = Result<ServiceResponse<B>, actix_web::Error>;
+
+/// What `refuse_nul` answers: its own 400 at once, or the answer of the
+/// request it let through, the body widened to either.
+type Checked<F, B> = Either<Ready<Answer<EitherBody<B>>>, Passed<F, B>>;
+type Passed<F, B> = Map<F, fn(Answer<B>) -> Answer<EitherBody<B>>>;
 
 /// Request id, a tracing span, and the per-route request metrics.
 fn observe<S, B>(
