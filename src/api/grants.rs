@@ -297,23 +297,38 @@ pub fn manual_reason(text: Option<&str>) -> (RevokeReason, Option<String>) {
     security(("api_token" = ["admin"])),
     responses(
         (status = 200, description = "The grant, revoking or revoked", body = Grant),
-        (status = 400, description = "A bad path", body = ErrorBody),
+        (status = 400, description = "A bad path, or a body that is not `{\"reason\": TEXT}`", body = ErrorBody),
         (status = 401, description = "No valid API token", body = ErrorBody),
         (status = 403, description = "The token is not an admin's", body = ErrorBody),
         (status = 404, description = "No such grant", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 409, description = "The grant cannot be revoked now", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
-        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or too many bodies are in flight: retry", body = ErrorBody),
     )
 )]
 async fn revoke(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
-    body: Option<web::Json<RevokeBody>>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    // No body is the default reason; a body that is not a `RevokeBody` is
+    // refused rather than taken for none, so a misspelt field never turns
+    // into a revocation for another reason.
+    let body = crate::api::webhooks::read_body(&state, &req, payload).await?;
+    let body: RevokeBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "invalid JSON body: {e} (expected {{\"reason\": TEXT}} or none)"
+            ))
+        })?
+    };
     let (reason, note) = manual_reason(body.reason.as_deref());
     let id = id.into_inner();
     let st = state.clone();

@@ -247,8 +247,43 @@ async fn a_nul_in_the_url_is_a_bad_request(backend: Backend) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Found by schemathesis: a revocation's body that was not a `RevokeBody`
+/// was taken for no body, so `{"reasn": "drift"}` revoked as `manual`.
+async fn a_revocation_body_that_does_not_parse_is_refused(backend: Backend) {
+    let app = app!(backend);
+    for body in [
+        serde_json::json!({ "reasn": "drift" }),
+        serde_json::json!({ "reason": 42 }),
+        serde_json::json!("drift"),
+    ] {
+        let (status, answer) = app
+            .post_json("/v1/grants/nope/revoke", ADMIN_TOKEN, &body)
+            .await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"], "bad_request");
+    }
+    // No body, or a good one, reaches the grant (none here).
+    let r = app
+        .client
+        .post(format!("{}/v1/grants/nope/revoke", app.addr))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (status, _) = app
+        .post_json(
+            "/v1/grants/nope/revoke",
+            ADMIN_TOKEN,
+            &serde_json::json!({ "reason": "drift" }),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
 backend_tests!(
     document_is_openapi_3_1_and_covers_every_route,
     security_schemes_and_error_bodies_are_documented,
-    a_nul_in_the_url_is_a_bad_request
+    a_nul_in_the_url_is_a_bad_request,
+    a_revocation_body_that_does_not_parse_is_refused
 );
