@@ -3,12 +3,15 @@
 //! the job runner, drift checker, audit sinks and gauge refresher beside it. `App::build` binds (port
 //! 0 in tests) and returns before serving, so callers can read the port.
 
+use std::future::Ready;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::dev::{Server, Service};
+use actix_web::body::EitherBody;
+use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::{web, HttpMessage, HttpResponse};
+use futures_util::future::{Either, Map};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -124,6 +127,7 @@ impl App {
                 .default_service(web::to(|| async {
                     ApiError::NotFound("no such route".into()).error_response_owned()
                 }))
+                .wrap_fn(refuse_nul)
                 .wrap_fn(observe)
         })
         .shutdown_timeout(shutdown)
@@ -234,6 +238,45 @@ fn configure_extractors(cfg: &mut web::ServiceConfig) {
             .error_handler(|err, _| ApiError::BadRequest(format!("invalid path: {err}")).into()),
     );
 }
+
+/// Refuses a URL whose path or query decodes to a NUL character (`%00`,
+/// the only way one can be written there): PostgreSQL text cannot hold
+/// it, so a filter or an id with one would fail the query and answer 500.
+/// Percent-decoding is one pass, so `%00` in the raw URL is exactly a NUL
+/// in a decoded value.
+fn refuse_nul<S, B>(req: actix_web::dev::ServiceRequest, srv: &S) -> Checked<S::Future, B>
+where
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+{
+    let uri = req.uri();
+    let nul = |s: &str| {
+        s.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    };
+    if nul(uri.path()) || uri.query().is_some_and(nul) {
+        let resp = ApiError::BadRequest("the URL must not contain a NUL character (%00)".into())
+            .error_response_owned();
+        return Either::Left(std::future::ready(Ok(req
+            .into_response(resp)
+            .map_into_right_body())));
+    }
+    let pass: fn(Answer<B>) -> Answer<EitherBody<B>> =
+        |res| res.map(ServiceResponse::map_into_left_body);
+    Either::Right(srv.call(req).map(pass))
+}
+
+/// What a service in the chain answers.
+type Answer<B> = Result<ServiceResponse<B>, actix_web::Error>;
+
+/// What `refuse_nul` answers: its own 400 at once, or the answer of the
+/// request it let through, the body widened to either.
+type Checked<F, B> = Either<Ready<Answer<EitherBody<B>>>, Passed<F, B>>;
+type Passed<F, B> = Map<F, fn(Answer<B>) -> Answer<EitherBody<B>>>;
 
 /// Request id, a tracing span, and the per-route request metrics.
 fn observe<S, B>(

@@ -47,7 +47,7 @@ impl NewEvent {
 pub use crate::db::audit::EventRow;
 
 /// An event as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub seq: i64,
     pub at: String,
@@ -230,7 +230,8 @@ pub fn append_guessing(
     Ok(Some((seq, prev)))
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// What `GET /v1/audit/verify` found walking the chain.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Verification {
     pub ok: bool,
     pub events: i64,

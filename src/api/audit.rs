@@ -5,16 +5,16 @@
 //! key that verifies them) and `GET /v1/audit/checkpoints`.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Caller;
-use crate::api::error::{blocking, ApiError};
+use crate::api::error::{blocking, ApiError, ErrorBody};
 use crate::api::grants::parse_time;
 use crate::api::AppState;
-use crate::audit::{self, Event, EventRow};
+use crate::audit::{self, Event, EventRow, Verification};
+use crate::crypto::checkpoint::Checkpoint;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
+pub fn config(cfg: &mut impl crate::api::Routes) {
     cfg.route("/v1/audit", web::get().to(list))
         .route("/v1/audit/export", web::get().to(export))
         .route("/v1/audit/verify", web::get().to(verify))
@@ -24,16 +24,64 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 use crate::db::audit::{page, Filter as AuditFilter};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Query {
+    /// Events of this ticket.
     ticket: Option<String>,
+    /// Events of this grant.
     grant: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Events before this time (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
+    /// The cursor: events after this sequence number.
     after: Option<i64>,
+    /// Page size (the export reads in pages of 1000 whatever it is).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
+    /// The export's format: `jsonl` (default) or `csv`; the list ignores it.
+    #[param(value_type = Option<ExportFormat>, inline)]
     format: Option<String>,
+}
+
+/// The export's formats.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // only describes the `format` parameter
+enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+/// A page of events, oldest first; `next` is the cursor of the following
+/// page, when there may be one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    pub next: Option<i64>,
+}
+
+/// The public key that verifies checkpoints.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckpointPublicKey {
+    #[schema(example = "Ed25519")]
+    pub alg: &'static str,
+    pub key_id: String,
+    /// The raw 32-byte key, base64.
+    pub public_key: String,
+    /// The key as PEM (SPKI).
+    pub pem: String,
+}
+
+/// A page of checkpoints, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckpointPage {
+    pub checkpoints: Vec<Checkpoint>,
+    pub next: Option<i64>,
 }
 
 fn filter_of(q: &Query, default_limit: i64) -> Result<AuditFilter, ApiError> {
@@ -61,6 +109,22 @@ fn filter_of(q: &Query, default_limit: i64) -> Result<AuditFilter, ApiError> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "list_audit_events",
+    tag = "audit",
+    params(Query),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read the trail", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn list(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -76,7 +140,7 @@ async fn list(
         None
     };
     let events: Vec<Event> = rows.into_iter().map(Event::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "events": events, "next": next })))
+    Ok(HttpResponse::Ok().json(EventPage { events, next }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +200,21 @@ pub fn export_line(row: EventRow, format: Format) -> String {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/export",
+    operation_id = "export_audit_events",
+    tag = "audit",
+    params(Query),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "Every matching event, streamed; a page that cannot be read cuts the stream off without its last chunk",
+            content((String = "application/x-ndjson"), (String = "text/csv"))),
+        (status = 400, description = "A bad filter or format", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read the trail", body = ErrorBody),
+    )
+)]
 async fn export(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -206,6 +285,20 @@ fn export_failed() -> actix_web::Error {
     actix_web::error::ErrorInternalServerError("audit export failed")
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    operation_id = "verify_audit_chain",
+    tag = "audit",
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "What walking the chain found", body = Verification),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read the trail", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn verify(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
     let st = state.clone();
     let v = blocking(move || Ok(audit::verify(&st.ctx.db)?)).await?;
@@ -213,6 +306,20 @@ async fn verify(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRespo
 }
 
 /// The public key that verifies checkpoints, as PEM (SPKI) and raw base64.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/checkpoint-key",
+    operation_id = "get_checkpoint_key",
+    tag = "audit",
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "The checkpoint key", body = CheckpointPublicKey),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read the trail", body = ErrorBody),
+        (status = 404, description = "Checkpoints are not configured", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 async fn checkpoint_key(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -229,22 +336,41 @@ async fn checkpoint_key(
         ApiError::Internal
     })?;
     use base64::Engine;
-    Ok(HttpResponse::Ok().json(json!({
-        "alg": "Ed25519",
-        "key_id": crate::crypto::checkpoint::key_id(&public),
-        "public_key": base64::engine::general_purpose::STANDARD.encode(public.as_bytes()),
-        "pem": pem,
-    })))
+    Ok(HttpResponse::Ok().json(CheckpointPublicKey {
+        alg: "Ed25519",
+        key_id: crate::crypto::checkpoint::key_id(&public),
+        public_key: base64::engine::general_purpose::STANDARD.encode(public.as_bytes()),
+        pem,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct CheckpointQuery {
+    /// The cursor: checkpoints after this sequence number.
     after: Option<i64>,
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
 /// The checkpoints made so far, oldest first, each as its file holds it.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/checkpoints",
+    operation_id = "list_checkpoints",
+    tag = "audit",
+    params(CheckpointQuery),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "A page of checkpoints", body = CheckpointPage),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read the trail", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn checkpoints(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -265,5 +391,8 @@ async fn checkpoints(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(json!({ "checkpoints": list, "next": next })))
+    Ok(HttpResponse::Ok().json(CheckpointPage {
+        checkpoints: list,
+        next,
+    }))
 }

@@ -11,11 +11,11 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::api::auth::Introspector;
-use crate::api::error::{blocking, ApiError};
+use crate::api::error::{blocking, ApiError, ErrorBody};
 use crate::api::AppState;
 use crate::ci::oidc::{TokenError, Verified};
 use crate::ci::{self as ci_core, CiRequest, Outcome, Released};
@@ -26,7 +26,7 @@ use crate::providers::credential::{self, CredentialError};
 use crate::providers::ssh::CaChoice;
 use crate::providers::token::{self as token_kind, KeyError};
 
-pub fn config(cfg: &mut web::ServiceConfig) {
+pub fn config(cfg: &mut impl crate::api::Routes) {
     cfg.route("/v1/ci/grants", web::post().to(create))
         .route("/v1/ci/grants/{id}", web::delete().to(release))
         .route("/v1/introspect", web::post().to(introspect))
@@ -110,16 +110,66 @@ fn credential_error(e: CredentialError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// What a pipeline asks for.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
+    /// The ticket that warrants the deploy: `github:OWNER/REPO#N`,
+    /// `jira:KEY-N`, `servicenow:NUMBER`.
     ticket: String,
+    /// `provider/target`.
     resource: String,
+    /// How long, e.g. `30m` (at most the trust rule's `max_duration`).
     duration: Option<String>,
     /// For an `ssh` resource: the OpenSSH public key to certify.
     public_key: Option<String>,
 }
 
+/// A pipeline's grant, with its credential when the provider issues one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CiGrant {
+    pub grant: Grant,
+    /// A signed JWT for `token` providers, an OpenSSH user certificate
+    /// (one line) for `ssh` providers; null for the others.
+    pub credential: Option<String>,
+}
+
+/// The grant a pipeline released.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CiReleased {
+    pub grant: Grant,
+}
+
+/// An RFC 7662 introspection request, form-encoded or JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // only describes the body `token_param` reads
+struct IntrospectRequest {
+    /// The credential to check.
+    #[schema(min_length = 1, pattern = r"\S")]
+    token: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/ci/grants",
+    operation_id = "create_ci_grant",
+    tag = "ci",
+    request_body(content = CreateBody, content_type = "application/json"),
+    security(("ci_oidc" = [])),
+    responses(
+        (status = 200, description = "This pipeline's live grant for the same ticket and resource", body = CiGrant),
+        (status = 201, description = "A new grant", body = CiGrant),
+        (status = 400, description = "A bad body, ticket key, resource or duration; for an `ssh` resource a missing or unusable `public_key`, and `public_key` for any other", body = ErrorBody),
+        (status = 401, description = "No valid OIDC token", body = ErrorBody),
+        (status = 403, description = "No trust rule or the ticket does not warrant it (`reason` says which)", body = ErrorBody),
+        (status = 404, description = "warrant has not seen the ticket", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The ticket's state does not warrant it now (`reason` says why)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The issuer's keys or the database are unavailable, or too many bodies are in flight: retry; or (`not_configured`) the provider cannot issue its credential until configured, e.g. `[keys]`", body = ErrorBody),
+    )
+)]
 async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -226,12 +276,30 @@ async fn create(
         principal = %request.principal, ticket = %request.ticket, grant = %grant.id,
         run = %request.run, status = status.as_u16(), "CI grant"
     );
-    Ok(HttpResponse::build(status).json(json!({
-        "grant": Grant::from(grant),
-        "credential": credential,
-    })))
+    Ok(HttpResponse::build(status).json(CiGrant {
+        grant: Grant::from(grant),
+        credential,
+    }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/ci/grants/{id}",
+    operation_id = "release_ci_grant",
+    tag = "ci",
+    params(("id" = String, Path, description = "The grant's id")),
+    security(("ci_oidc" = [])),
+    responses(
+        (status = 200, description = "The released grant", body = CiReleased),
+        (status = 400, description = "A bad path", body = ErrorBody),
+        (status = 401, description = "No valid OIDC token", body = ErrorBody),
+        (status = 403, description = "No trust rule matches, or the grant is not this pipeline's", body = ErrorBody),
+        (status = 404, description = "No such grant", body = ErrorBody),
+        (status = 409, description = "The grant cannot be released now", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The issuer's keys or the database are unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn release(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -275,7 +343,9 @@ async fn release(
         Released::Done(g) => {
             state.ctx.wake.notify_one();
             tracing::info!(grant = %g.id, principal = %g.subject, "CI grant released");
-            Ok(HttpResponse::Ok().json(json!({ "grant": Grant::from(*g) })))
+            Ok(HttpResponse::Ok().json(CiReleased {
+                grant: Grant::from(*g),
+            }))
         }
     }
 }
@@ -306,6 +376,27 @@ fn token_param(req: &HttpRequest, body: &[u8]) -> Result<String, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/introspect",
+    operation_id = "introspect",
+    tag = "ci",
+    request_body(content(
+        (IntrospectRequest = "application/x-www-form-urlencoded"),
+        (IntrospectRequest = "application/json"),
+    )),
+    security(("api_token" = ["introspector"])),
+    responses(
+        (status = 200, description = "RFC 7662: exactly `{\"active\": false}`, or the credential's claims with `\"active\": true`", body = Object),
+        (status = 400, description = "No `token` given", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role is not introspector", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or too many bodies are in flight: retry", body = ErrorBody),
+    )
+)]
 async fn introspect(
     state: web::Data<AppState>,
     _caller: Introspector,
@@ -332,6 +423,17 @@ async fn introspect(
         .json(answer))
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    operation_id = "jwks",
+    tag = "ci",
+    responses(
+        (status = 200, description = "A JWK Set (RFC 7517): `{\"keys\": [...]}`, each key with the issuers (`iss`) whose credentials it signs", body = Object),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = state.ctx.clock.now();
     let st = state.clone();
@@ -348,12 +450,27 @@ async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .json(keys))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct CaQuery {
+    /// The `ssh` provider whose CA to serve; may be left out when only one
+    /// is configured.
     provider: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/ssh/ca.pub",
+    operation_id = "ssh_ca_public_key",
+    tag = "ci",
+    params(CaQuery),
+    responses(
+        (status = 200, description = "The `ssh` provider's CA public key, one OpenSSH line, for sshd's `TrustedUserCAKeys`", body = String, content_type = "text/plain"),
+        (status = 400, description = "Several `ssh` providers and none named, or a bad query", body = ErrorBody),
+        (status = 404, description = "No such `ssh` provider", body = ErrorBody),
+    )
+)]
 async fn ssh_ca(
     state: web::Data<AppState>,
     query: web::Query<CaQuery>,

@@ -3,29 +3,32 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::api::auth::Caller;
-use crate::api::error::{blocking, ApiError};
+use crate::api::error::{blocking, ApiError, ErrorBody};
 use crate::api::AppState;
 use crate::db::drift::{self, FindingRow};
 use crate::domain::{from_micros, rfc3339};
 
-pub fn config(cfg: &mut web::ServiceConfig) {
+pub fn config(cfg: &mut impl crate::api::Routes) {
     cfg.route("/v1/drift", web::get().to(list));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Findings at this provider.
     provider: Option<String>,
+    /// The cursor: the `next` of the previous page.
     after: Option<String>,
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<i64>,
 }
 
 /// A finding as the API shows it.
-#[derive(Debug, Serialize)]
-struct Finding {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Finding {
     id: String,
     provider: String,
     account: String,
@@ -38,6 +41,30 @@ struct Finding {
     mode: &'static str,
 }
 
+/// A page of open findings; `next` is the cursor of the following page,
+/// when there may be one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FindingPage {
+    pub findings: Vec<Finding>,
+    pub next: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/drift",
+    operation_id = "list_drift_findings",
+    tag = "drift",
+    params(ListQuery),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "A page of open findings", body = FindingPage),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read findings", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn list(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -77,5 +104,5 @@ async fn list(
             state: f.state,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "findings": findings, "next": next })))
+    Ok(HttpResponse::Ok().json(FindingPage { findings, next }))
 }

@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::db::StoreError;
 use crate::sources::IntakeError;
@@ -40,6 +40,21 @@ pub enum ApiError {
     NotConfigured(String),
     #[error("internal error")]
     Internal,
+}
+
+/// Every error's body. `error` is the kind (`bad_request`, `unauthorized`,
+/// `forbidden`, `denied`, `not_found`, `conflict`, `payload_too_large`,
+/// `request_timeout`, `busy`, `unavailable`, `internal`); a refusal by a
+/// decision (`denied`, `conflict`) adds its machine-readable `reason`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "bad_request")]
+    pub error: &'static str,
+    /// What is wrong, for a person; a 5xx says nothing internal.
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<String>,
 }
 
 impl ApiError {
@@ -78,10 +93,17 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({ "error": self.code(), "message": self.to_string() });
-        if let ApiError::Denied { reason, .. } | ApiError::Conflict { reason, .. } = self {
-            body["reason"] = json!(reason);
-        }
+        let reason = match self {
+            ApiError::Denied { reason, .. } | ApiError::Conflict { reason, .. } => {
+                Some(reason.clone())
+            }
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+            reason,
+        };
         let mut resp = HttpResponse::build(self.status_code());
         if let ApiError::Unauthorized(_) = self {
             resp.insert_header(("WWW-Authenticate", "Bearer"));

@@ -3,11 +3,10 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Caller;
-use crate::api::error::{blocking, ApiError};
+use crate::api::error::{blocking, ApiError, ErrorBody};
 use crate::api::AppState;
 use crate::audit::Event;
 use crate::db;
@@ -16,7 +15,7 @@ use crate::engine;
 use crate::grants::{self, Filter, Grant};
 use crate::ticket::Snapshot;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
+pub fn config(cfg: &mut impl crate::api::Routes) {
     cfg.route("/v1/grants", web::get().to(list))
         .route("/v1/grants/{id}", web::get().to(get))
         .route("/v1/access", web::get().to(access))
@@ -24,16 +23,67 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/v1/tickets/{key:.*}", web::get().to(ticket));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Grants of this ticket.
     ticket: Option<String>,
+    /// Grants of this subject.
     subject: Option<String>,
+    /// Grants of this resource (`provider/target`).
     resource: Option<String>,
+    #[param(value_type = Option<GrantState>, inline)]
     state: Option<String>,
+    /// Grants whose window holds this time (RFC 3339).
+    #[param(format = DateTime)]
     active_at: Option<String>,
+    /// The cursor: the `next` of the previous page.
     after: Option<String>,
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<i64>,
+}
+
+/// A page of grants; `next` is the cursor of the following page, when
+/// there may be one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GrantPage {
+    pub grants: Vec<Grant>,
+    pub next: Option<String>,
+}
+
+/// The live grants holding one access, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AccessHolders {
+    pub provider: String,
+    pub account: String,
+    pub target: String,
+    pub grants: Vec<Grant>,
+}
+
+/// One decision warrant made on a ticket.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Decision {
+    pub at: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub detail: String,
+}
+
+/// Everything warrant knows of a ticket: its latest snapshot, the
+/// decisions, the grants and the audit events.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TicketTrace {
+    #[schema(value_type = String)]
+    pub ticket: TicketKey,
+    /// The ticket as warrant last read it.
+    #[schema(value_type = Option<Object>)]
+    pub snapshot: Option<Snapshot>,
+    /// The latest decision.
+    pub decision: Option<Decision>,
+    pub decisions: Vec<Decision>,
+    pub grants: Vec<Grant>,
+    pub events: Vec<Event>,
 }
 
 pub fn parse_time(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -46,6 +96,22 @@ pub fn parse_time(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/grants",
+    operation_id = "list_grants",
+    tag = "grants",
+    params(ListQuery),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "A page of grants, oldest first", body = GrantPage),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read grants", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn list(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -88,9 +154,26 @@ async fn list(
         None
     };
     let grants = Grant::all_with_access(rows, &ledger);
-    Ok(HttpResponse::Ok().json(json!({ "grants": grants, "next": next })))
+    Ok(HttpResponse::Ok().json(GrantPage { grants, next }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/grants/{id}",
+    operation_id = "get_grant",
+    tag = "grants",
+    params(("id" = String, Path, description = "The grant's id")),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "The grant", body = Grant),
+        (status = 400, description = "A bad path", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read grants", body = ErrorBody),
+        (status = 404, description = "No such grant", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn get(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -116,17 +199,40 @@ async fn get(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AccessQuery {
+    /// The provider's name in the configuration.
+    #[param(min_length = 1)]
     provider: String,
+    /// The account at the provider.
+    #[param(min_length = 1)]
     account: String,
+    /// The target at the provider.
+    #[param(min_length = 1)]
     target: String,
 }
 
 /// `GET /v1/access?provider=&account=&target=`: the live grants holding one
 /// access, oldest first, each saying whether it holds it at the provider
 /// or shares it.
+#[utoipa::path(
+    get,
+    path = "/v1/access",
+    operation_id = "get_access",
+    tag = "grants",
+    params(AccessQuery),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "The live grants holding the access", body = AccessHolders),
+        (status = 400, description = "A missing or empty parameter", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read grants", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn access(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -153,17 +259,19 @@ async fn access(
         })?)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "provider": provider,
-        "account": account,
-        "target": target,
-        "grants": Grant::all_with_access(rows, &ledger),
-    })))
+    Ok(HttpResponse::Ok().json(AccessHolders {
+        provider,
+        account,
+        target,
+        grants: Grant::all_with_access(rows, &ledger),
+    }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
+    /// `manual` (the default) or `drift`; any other text is kept as a note
+    /// on a `manual` revocation.
     reason: Option<String>,
 }
 
@@ -179,14 +287,48 @@ pub fn manual_reason(text: Option<&str>) -> (RevokeReason, Option<String>) {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/grants/{id}/revoke",
+    operation_id = "revoke_grant",
+    tag = "grants",
+    params(("id" = String, Path, description = "The grant's id")),
+    request_body(content = Option<RevokeBody>, description = "Optional; without it the reason is `manual`"),
+    security(("api_token" = ["admin"])),
+    responses(
+        (status = 200, description = "The grant, revoking or revoked", body = Grant),
+        (status = 400, description = "A bad path, or a body that is not `{\"reason\": TEXT}`", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token is not an admin's", body = ErrorBody),
+        (status = 404, description = "No such grant", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The grant cannot be revoked now", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or too many bodies are in flight: retry", body = ErrorBody),
+    )
+)]
 async fn revoke(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
-    body: Option<web::Json<RevokeBody>>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    // No body is the default reason; a body that is not a `RevokeBody` is
+    // refused rather than taken for none, so a misspelt field never turns
+    // into a revocation for another reason.
+    let body = crate::api::webhooks::read_body(&state, &req, payload).await?;
+    let body: RevokeBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "invalid JSON body: {e} (expected {{\"reason\": TEXT}} or none)"
+            ))
+        })?
+    };
     let (reason, note) = manual_reason(body.reason.as_deref());
     let id = id.into_inner();
     let st = state.clone();
@@ -224,6 +366,26 @@ fn ticket_key(req: &HttpRequest) -> Result<TicketKey, ApiError> {
     decoded.parse().map_err(ApiError::BadRequest)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tickets/{key}",
+    operation_id = "get_ticket",
+    tag = "grants",
+    params(("key" = String, Path,
+        pattern = r"^(github:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+#[0-9]+|jira:[A-Za-z0-9_]+-[0-9]+|servicenow:[A-Za-z0-9_.-]+)$",
+        example = "github:acme/access-requests#1",
+        description = "The ticket key, percent-encoded: `github:OWNER/REPO#N`, `jira:KEY-N`, `servicenow:NUMBER`")),
+    security(("api_token" = ["admin", "auditor"])),
+    responses(
+        (status = 200, description = "The ticket's whole trace", body = TicketTrace),
+        (status = 400, description = "Not a ticket key", body = ErrorBody),
+        (status = 401, description = "No valid API token", body = ErrorBody),
+        (status = 403, description = "The token's role may not read tickets", body = ErrorBody),
+        (status = 404, description = "warrant has not seen the ticket", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn ticket(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -250,16 +412,22 @@ async fn ticket(
         )));
     };
     let snapshot: Option<Snapshot> = serde_json::from_str(&row.snapshot).ok();
-    let decisions: Vec<_> = decisions
+    let decisions: Vec<Decision> = decisions
         .into_iter()
-        .map(|d| json!({ "at": rfc3339(from_micros(d.at)), "outcome": d.outcome, "reason": d.reason, "detail": d.detail }))
+        .map(|d| Decision {
+            at: rfc3339(from_micros(d.at)),
+            outcome: d.outcome,
+            reason: d.reason,
+            detail: d.detail,
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "ticket": key,
-        "snapshot": snapshot,
-        "decision": decisions.last(),
-        "decisions": decisions,
-        "grants": grants.into_iter().map(Grant::from).collect::<Vec<_>>(),
-        "events": events.into_iter().map(Event::from).collect::<Vec<_>>(),
-    })))
+    let decision = decisions.last().cloned();
+    Ok(HttpResponse::Ok().json(TicketTrace {
+        ticket: key,
+        snapshot,
+        decision,
+        decisions,
+        grants: grants.into_iter().map(Grant::from).collect(),
+        events: events.into_iter().map(Event::from).collect(),
+    }))
 }

@@ -7,17 +7,17 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, ErrorBody};
 use crate::api::AppState;
 use crate::domain::Source;
 use crate::intake::{Delivery, Ingested, Outcome};
 use crate::metrics::WebhookLabels;
 use crate::sources::{self, Inbound, Parsed, TicketSource};
 
-pub fn config(cfg: &mut web::ServiceConfig) {
+pub fn config(cfg: &mut impl crate::api::Routes) {
     cfg.route("/webhooks/{source}", web::post().to(receive));
 }
 
@@ -94,6 +94,42 @@ impl sources::Headers for HttpRequest {
     }
 }
 
+/// What became of a delivery.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookAnswer {
+    /// `accepted`, `duplicate` (its delivery id was seen before) or
+    /// `ignored` (not an event warrant acts on).
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+    /// The source's delivery id.
+    pub delivery: String,
+    /// The ticket it is about, when it names one.
+    pub ticket: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/webhooks/{source}",
+    operation_id = "receive_webhook",
+    tag = "webhooks",
+    params(("source" = inline(Source), Path, description = "The ticket source (it must be configured)")),
+    request_body(
+        content = Object,
+        description = "The source's own webhook JSON, signed by it: GitHub `X-Hub-Signature-256` (with `X-GitHub-Delivery`, `X-GitHub-Event`), Jira `X-Hub-Signature` (with `X-Atlassian-Webhook-Identifier`), ServiceNow Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`)",
+        content_type = "application/json"
+    ),
+    security(("github_signature" = []), ("jira_signature" = []), ("servicenow_signature" = [])),
+    responses(
+        (status = 200, description = "Accepted, a duplicate, or ignored; committed before the answer", body = WebhookAnswer),
+        (status = 400, description = "A bad header or a body that is not the source's JSON", body = ErrorBody),
+        (status = 401, description = "The signature is missing or wrong, or the timestamp is outside the tolerance", body = ErrorBody),
+        (status = 404, description = "No such source, or it is not configured", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `server.read_timeout`", body = ErrorBody),
+        (status = 413, description = "The body is larger than `server.max_body_bytes`", body = ErrorBody),
+        (status = 500, description = "Internal error (the body says nothing more)", body = ErrorBody),
+        (status = 503, description = "Too many bodies in flight, or the database is unavailable: retry", body = ErrorBody),
+    )
+)]
 async fn receive(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -138,10 +174,11 @@ async fn receive(
         Outcome::Ignored(t) => ("ignored", t.map(|k| k.to_string())),
     };
     tracing::info!(%source, delivery = %delivery, status, ticket = ticket.as_deref().unwrap_or("-"), "webhook");
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({ "status": status, "delivery": delivery, "ticket": ticket })),
-    )
+    Ok(HttpResponse::Ok().json(WebhookAnswer {
+        status,
+        delivery,
+        ticket,
+    }))
 }
 
 async fn receive_configured(

@@ -39,7 +39,7 @@ impl Statement {
 }
 
 /// A checkpoint as it is written to its file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub seq: i64,

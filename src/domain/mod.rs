@@ -11,7 +11,19 @@ use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The system a ticket lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Github,
@@ -471,6 +483,10 @@ macro_rules! string_enum {
 
 string_enum!(
     /// Where a grant is in its life.
+    // utoipa does not read the macro's per-variant renames; these are the
+    // same names.
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
     GrantState {
         Pending => "pending",
         Granting => "granting",

@@ -20,13 +20,14 @@ pub use crate::db::grants::{get, list, of_ticket, Filter, GrantRow, LIVE};
 use crate::domain::{from_micros, rfc3339};
 
 /// A grant as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Grant {
     pub id: String,
     pub ticket: String,
     pub subject: String,
     pub account: String,
     pub resource: String,
+    #[schema(value_type = crate::domain::GrantState)]
     pub state: String,
     pub starts_at: String,
     pub expires_at: String,
@@ -39,9 +40,11 @@ pub struct Grant {
     /// call applied it at the provider, `shared` when it rides on another
     /// live grant's; absent before it reached the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub access: Option<String>,
     /// The provider held the access before warrant applied it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
     pub preexisting: bool,
 }
 

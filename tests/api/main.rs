@@ -22,6 +22,7 @@ mod leases;
 mod ledger;
 mod lifecycle;
 mod mysql;
+mod openapi;
 mod people;
 mod sinks;
 mod ssh;

@@ -12,6 +12,7 @@ mod payloads;
 
 mod cli;
 mod crash;
+mod openapi;
 mod outage;
 mod proc;
 mod race;
