@@ -11,6 +11,7 @@ mod audit_load;
 mod backlinks;
 mod checkpoints;
 mod ci;
+mod console;
 mod drift;
 mod health;
 mod hostile;
