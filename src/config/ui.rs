@@ -169,3 +169,94 @@ impl UiConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const KEY: &str = "Y29uc29sZS1zZXNzaW9uLWtleS1mb3ItdGVzdHMhISE=";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "WARRANT_UI_SESSION_KEY" => Some(KEY.into()),
+            "WARRANT_UI_CLIENT_SECRET" => Some("the-client-secret".into()),
+            "SHORT" => Some("c2hvcnQ=".into()),
+            _ => None,
+        }
+    }
+
+    const EXAMPLE: &str = include_str!("../../deploy/console.example.toml");
+
+    #[test]
+    fn the_deploy_example_loads_and_hides_its_secrets() {
+        let c = Config::from_toml(EXAMPLE, &env).unwrap();
+        let ui = c.ui.as_ref().unwrap();
+        assert_eq!(ui.session_ttl.0, chrono::Duration::hours(8));
+        assert_eq!(ui.oidc.admin_values, ["warrant-admins"]);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("the-client-secret") && !dbg.contains(KEY));
+        assert!(Config::from_toml("", &env).unwrap().ui.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "session_key_env = \"WARRANT_UI_SESSION_KEY\"",
+                "session_key_env = \"SHORT\"",
+                "ui.session_key_env",
+            ),
+            (
+                "session_key_env = \"WARRANT_UI_SESSION_KEY\"",
+                "session_key_env = \"NOPE\"",
+                "ui.session_key_env",
+            ),
+            (
+                "session_ttl = \"8h\"",
+                "session_ttl = \"30d\"",
+                "ui.session_ttl",
+            ),
+            (
+                "client_secret_env = \"WARRANT_UI_CLIENT_SECRET\"",
+                "client_secret_env = \"NOPE\"",
+                "ui.oidc.client_secret_env",
+            ),
+            (
+                "https://warrant.example.com/ui/callback",
+                "https://warrant.example.com/callback",
+                "ui.oidc.redirect_url",
+            ),
+            (
+                "https://login.example.com/realms/acme",
+                "login.example.com",
+                "ui.oidc.issuer",
+            ),
+            (
+                "admin_values = [\"warrant-admins\"]",
+                "admin_values = [\"warrant-auditors\"]",
+                "ui.oidc.auditor_values",
+            ),
+            (
+                "[\"openid\", \"profile\", \"email\", \"groups\"]",
+                "[\"profile\"]",
+                "ui.oidc.scopes",
+            ),
+            (
+                "roles_claim = \"groups\"",
+                "roles_claim = \"groups\"\nbogus = 1",
+                "ui.oidc",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = EXAMPLE.replace(from, to);
+            assert_ne!(text, EXAMPLE, "{from}");
+            let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+            assert!(err.contains(key), "{to:?} gave {err}");
+        }
+        let none = EXAMPLE
+            .replace("admin_values = [\"warrant-admins\"]", "")
+            .replace("auditor_values = [\"warrant-auditors\"]", "");
+        let err = Config::from_toml(&none, &env).unwrap_err().to_string();
+        assert!(err.contains("ui.oidc.admin_values"), "{err}");
+    }
+}

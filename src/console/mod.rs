@@ -369,3 +369,29 @@ async fn record(st: &AppState, event: NewEvent) -> Result<(), ConsoleError> {
     blocking(move || Ok(ctx.db.write(|conn| audit::append(conn, now, vec![event]))?)).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_console_paths_are_places_to_land() {
+        for ok in [
+            "/ui/",
+            "/ui/tickets/github%3Aa%2Fb%231",
+            "/ui/grants?state=active",
+        ] {
+            assert_eq!(safe_next(ok), ok);
+        }
+        for bad in [
+            "https://evil.example.com/",
+            "//evil.example.com/ui/",
+            "/ui//evil.example.com",
+            "/ui/\\evil",
+            "/v1/grants",
+            "",
+        ] {
+            assert_eq!(safe_next(bad), "/ui/", "{bad}");
+        }
+    }
+}

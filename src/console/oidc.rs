@@ -274,74 +274,228 @@ impl Client {
         token: &str,
         nonce: &str,
     ) -> Result<Identity, SignInError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| SignInError::Invalid(format!("the ID token is not a JWT: {e}")))?;
-        // Only asymmetric algorithms: an HMAC token "signed" with a public
-        // key, or `none`, is refused before any key is touched.
-        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-            return Err(SignInError::Invalid(format!(
-                "ID token algorithm {:?} is not accepted (RS256 or ES256)",
-                header.alg
-            )));
-        }
-        let (alg, key) = self
-            .key(http, now, header.kid.as_deref(), header.alg)
-            .await?;
-        let mut validation = Validation::new(alg);
-        // Times are checked against warrant's clock below, with the CI
-        // verifier's leeway.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
-            .map_err(|e| SignInError::Invalid(format!("the ID token does not verify: {e}")))?;
-        let claims = data.claims;
-        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
-        if !same_issuer(iss, &self.config.issuer) {
-            return Err(SignInError::Invalid(format!(
-                "the ID token's issuer `{}` is not `{}`",
-                truncate(iss, 120),
-                self.config.issuer
-            )));
-        }
-        check_claims(&claims, &self.config.client_id, now)
-            .map_err(|e| SignInError::Invalid(format!("the ID token: {e}")))?;
-        // With several audiences the token must have been issued to us.
-        if let Some(Value::Array(auds)) = claims.get("aud") {
-            if auds.len() > 1
-                && claims.get("azp").and_then(Value::as_str) != Some(&self.config.client_id)
-            {
-                return Err(SignInError::Invalid(
-                    "the ID token has several audiences and `azp` is not this client".into(),
-                ));
-            }
-        }
-        let got = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
-        if got.is_empty() || got != nonce {
+        let (alg, kid) = header_of(token)?;
+        let (alg, key) = self.key(http, now, kid.as_deref(), alg).await?;
+        identity_of(
+            token,
+            alg,
+            &key,
+            &self.config.issuer,
+            &self.config.client_id,
+            nonce,
+            now,
+        )
+    }
+}
+
+/// The ID token's algorithm and key id. Only asymmetric algorithms: an
+/// HMAC token "signed" with a public key, or `none`, is refused before any
+/// key is touched.
+fn header_of(token: &str) -> Result<(Algorithm, Option<String>), SignInError> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| SignInError::Invalid(format!("the ID token is not a JWT: {e}")))?;
+    if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+        return Err(SignInError::Invalid(format!(
+            "ID token algorithm {:?} is not accepted (RS256 or ES256)",
+            header.alg
+        )));
+    }
+    Ok((header.alg, header.kid))
+}
+
+/// The ID token checked with the issuer's key: signature, `iss`, `aud`
+/// (and `azp`), `exp`, `nbf`/`iat`, `nonce`, `sub`.
+fn identity_of(
+    token: &str,
+    alg: Algorithm,
+    key: &DecodingKey,
+    issuer: &str,
+    client_id: &str,
+    nonce: &str,
+    now: DateTime<Utc>,
+) -> Result<Identity, SignInError> {
+    let mut validation = Validation::new(alg);
+    // Times are checked against warrant's clock below, with the CI
+    // verifier's leeway.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+        .map_err(|e| SignInError::Invalid(format!("the ID token does not verify: {e}")))?;
+    let claims = data.claims;
+    let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
+    if !same_issuer(iss, issuer) {
+        return Err(SignInError::Invalid(format!(
+            "the ID token's issuer `{}` is not `{}`",
+            truncate(iss, 120),
+            issuer
+        )));
+    }
+    check_claims(&claims, client_id, now)
+        .map_err(|e| SignInError::Invalid(format!("the ID token: {e}")))?;
+    // With several audiences the token must have been issued to us.
+    if let Some(Value::Array(auds)) = claims.get("aud") {
+        if auds.len() > 1 && claims.get("azp").and_then(Value::as_str) != Some(client_id) {
             return Err(SignInError::Invalid(
-                "the ID token's nonce is not the one this sign-in sent".into(),
+                "the ID token has several audiences and `azp` is not this client".into(),
             ));
         }
-        let sub = claims
-            .get("sub")
+    }
+    let got = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
+    if got.is_empty() || got != nonce {
+        return Err(SignInError::Invalid(
+            "the ID token's nonce is not the one this sign-in sent".into(),
+        ));
+    }
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| SignInError::Invalid("the ID token has no `sub`".into()))?
+        .to_string();
+    let text = |n: &str| {
+        claims
+            .get(n)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| SignInError::Invalid("the ID token has no `sub`".into()))?
-            .to_string();
-        let text = |n: &str| {
-            claims
-                .get(n)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(|s| truncate(s, 200))
+            .map(|s| truncate(s, 200))
+    };
+    Ok(Identity {
+        iss: iss.to_string(),
+        sub: truncate(&sub, 255),
+        name: text("name"),
+        email: text("email"),
+        claims,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use jsonwebtoken::{EncodingKey, Header};
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::EncodePrivateKey;
+    use serde_json::json;
+
+    const ISS: &str = "https://login.example.com";
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()
+    }
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    struct Key(p256::SecretKey);
+
+    impl Key {
+        fn new() -> Key {
+            Key(p256::SecretKey::random(&mut rand::rngs::OsRng))
+        }
+        fn decoding(&self) -> DecodingKey {
+            let p = self.0.public_key().to_encoded_point(false);
+            let jwk = json!({ "keys": [{ "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
+                "alg": "ES256", "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap()) }] });
+            let mut keys = parse_jwks(jwk.to_string().as_bytes()).unwrap();
+            keys.remove(0).2
+        }
+        fn sign(&self, claims: &Value) -> String {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some("k1".into());
+            let der = self.0.to_pkcs8_der().unwrap();
+            jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap()
+        }
+    }
+
+    fn claims() -> Value {
+        json!({ "iss": ISS, "aud": "warrant-console", "sub": "ada", "nonce": "n-1",
+                "name": "Ada", "email": "ada@example.com", "groups": ["warrant-admins"],
+                "iat": now().timestamp(), "exp": now().timestamp() + 300 })
+    }
+
+    fn check(key: &Key, token: &str) -> Result<Identity, SignInError> {
+        let (alg, kid) = header_of(token)?;
+        assert_eq!(kid.as_deref(), Some("k1"));
+        identity_of(
+            token,
+            alg,
+            &key.decoding(),
+            ISS,
+            "warrant-console",
+            "n-1",
+            now(),
+        )
+    }
+
+    #[test]
+    fn an_id_token_is_checked_in_full() {
+        let key = Key::new();
+        let ok = check(&key, &key.sign(&claims())).unwrap();
+        assert_eq!(
+            (ok.sub.as_str(), ok.email.as_deref()),
+            ("ada", Some("ada@example.com"))
+        );
+        assert_eq!(ok.claims["groups"][0], "warrant-admins");
+
+        let changed = |k: &str, v: Value| {
+            let mut c = claims();
+            c[k] = v;
+            key.sign(&c)
         };
-        Ok(Identity {
-            iss: iss.to_string(),
-            sub: truncate(&sub, 255),
-            name: text("name"),
-            email: text("email"),
-            claims,
-        })
+        let refused = [
+            ("nonce", changed("nonce", json!("n-2"))),
+            ("nonce", {
+                let mut c = claims();
+                c.as_object_mut().unwrap().remove("nonce");
+                key.sign(&c)
+            }),
+            ("audience", changed("aud", json!("another-client"))),
+            ("azp", changed("aud", json!(["warrant-console", "other"]))),
+            ("issuer", changed("iss", json!("https://evil.example.com"))),
+            ("expired", changed("exp", json!(now().timestamp() - 120))),
+            ("sub", changed("sub", json!(""))),
+            ("signature", Key::new().sign(&claims())),
+        ];
+        for (what, token) in refused {
+            let err = check(&key, &token).unwrap_err().to_string();
+            assert!(
+                err.contains(what) || (what == "signature" && err.contains("does not verify")),
+                "{what}: {err}"
+            );
+        }
+        // Several audiences are fine when the token was issued to us.
+        let mut c = claims();
+        c["aud"] = json!(["warrant-console", "other"]);
+        c["azp"] = json!("warrant-console");
+        assert!(check(&key, &key.sign(&c)).is_ok());
+    }
+
+    #[test]
+    fn hmac_and_none_tokens_are_refused_before_any_key() {
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(b"the public key as a secret"),
+        )
+        .unwrap();
+        assert!(header_of(&hs).unwrap_err().to_string().contains("HS256"));
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","typ":"JWT"}"#),
+            b64(claims().to_string().as_bytes())
+        );
+        assert!(header_of(&none).is_err());
+    }
+
+    #[test]
+    fn the_pkce_challenge_is_s256() {
+        // RFC 7636, appendix B.
+        assert_eq!(
+            challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
     }
 }

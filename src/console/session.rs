@@ -150,3 +150,81 @@ pub fn removal(name: &str, secure: bool) -> Cookie<'static> {
     c.make_removal();
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn kek() -> Kek {
+        let key = secrecy::SecretString::from("Y29uc29sZS1zZXNzaW9uLWtleS1mb3ItdGVzdHMhISE=");
+        Kek::from_secret(&key).unwrap()
+    }
+
+    fn person(exp: i64) -> Person {
+        Person {
+            iss: "https://login.example.com".into(),
+            sub: "ada".into(),
+            name: Some("Ada Admin".into()),
+            email: Some("ada@example.com".into()),
+            role: UiRole::Admin,
+            csrf: random_token(),
+            exp,
+        }
+    }
+
+    fn request(name: &str, value: &str) -> HttpRequest {
+        actix_web::test::TestRequest::default()
+            .cookie(Cookie::new(name.to_string(), value.to_string()))
+            .to_http_request()
+    }
+
+    #[test]
+    fn a_session_opens_only_as_itself_and_until_it_expires() {
+        let k = kek();
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
+        let p = person(now.timestamp() + 60);
+        let sealed = seal(&k, SESSION_COOKIE, &p).unwrap();
+        assert!(!sealed.contains("ada@example.com"));
+        let got = super::person(&k, &request(SESSION_COOKIE, &sealed), now).unwrap();
+        assert_eq!(got.sub, "ada");
+        assert!(got.csrf_ok(&p.csrf));
+        assert!(!got.csrf_ok("forged"));
+        assert!(!got.csrf_ok(""));
+        // Over, moved to the sign-in cookie, or sealed by another key: no session.
+        assert!(super::person(
+            &k,
+            &request(SESSION_COOKIE, &sealed),
+            now + chrono::Duration::seconds(60)
+        )
+        .is_none());
+        let as_login = seal(&k, LOGIN_COOKIE, &p).unwrap();
+        assert!(super::person(&k, &request(SESSION_COOKIE, &as_login), now).is_none());
+        let other = Kek::from_secret(&secrecy::SecretString::from(
+            "b3RoZXItc2Vzc2lvbi1rZXktZm9yLXRlc3RzISEhISE=",
+        ))
+        .unwrap();
+        assert!(super::person(&other, &request(SESSION_COOKIE, &sealed), now).is_none());
+        assert_eq!(
+            p.actor(),
+            "ui:https://login.example.com#ada (Ada Admin <ada@example.com>)"
+        );
+    }
+
+    #[test]
+    fn cookies_are_http_only_lax_and_secure_off_loopback() {
+        let c = cookie(SESSION_COOKIE, "v".into(), 60, true).to_string();
+        for attr in [
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/ui",
+            "Max-Age=60",
+        ] {
+            assert!(c.contains(attr), "{attr} in {c}");
+        }
+        assert!(!cookie(SESSION_COOKIE, "v".into(), 60, false)
+            .to_string()
+            .contains("Secure"));
+    }
+}

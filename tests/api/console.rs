@@ -525,6 +525,38 @@ async fn console_as_people_use_it(backend: Backend) {
     assert!(who.contains(&format!("data-grant=\"{grant}\"")), "{who}");
     assert!(!who.contains(&format!("data-grant=\"{other}\"")));
     screenshot(&auditor, backend, "who-had").await;
+    // The grants page filters; the audit export downloads as CSV.
+    let cookie = format!("warrant_session={session}");
+    let page = plain
+        .get(format!(
+            "{addr}/ui/grants?state=revoked&resource=hooks%2Forders-db"
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("data-grant=\"{grant}\"")), "{page}");
+    assert!(!page.contains(&format!("data-grant=\"{other}\"")));
+    let r = plain
+        .get(format!(
+            "{addr}/ui/audit/export?format=csv&ticket={}",
+            enc(key)
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("warrant-audit.csv"));
+    let csv = r.text().await.unwrap();
+    assert!(csv.starts_with("seq,at,type,"), "{csv}");
+    assert!(csv.contains("revoke.requested"));
     auditor
         .goto(&format!("{addr}/ui/audit?verify=1"))
         .await
