@@ -80,12 +80,19 @@ fn prerequisites() -> bool {
     }
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), so that
+/// nothing binding port 0 (the provider, the receiver, another test's app)
+/// takes it between this check and warrant's own bind.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = rng.gen_range(20_000..30_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 30000");
 }
 
 /// A child process that is killed when the test ends.
