@@ -51,7 +51,7 @@ fn prerequisites() -> bool {
         None
     } else {
         Some(format!(
-            "{} not installed (DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver nodejs npm)",
+            "{} not installed (DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; Node.js 18+ with npm)",
             missing.join(", ")
         ))
     };
