@@ -37,6 +37,8 @@ pub enum AppError {
     Context(#[from] ContextError),
     #[error("signing keys: {0}")]
     Keys(#[from] crate::providers::token::KeyError),
+    #[error("the console: {0}")]
+    Console(String),
 }
 
 /// How to run: tests inject a clock; replicas may split API and jobs.
@@ -119,11 +121,15 @@ impl App {
         }
         let shutdown = ctx.config.server.shutdown_timeout.std().as_secs();
         let data = state.clone();
+        let console = crate::console::Console::new(&ctx.config)
+            .map_err(AppError::Console)?
+            .map(web::Data::new);
         let mut server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(data.clone())
                 .configure(configure_extractors)
                 .configure(crate::api::config)
+                .configure(|cfg| crate::console::config(cfg, console.clone()))
                 .default_service(web::to(|| async {
                     ApiError::NotFound("no such route".into()).error_response_owned()
                 }))

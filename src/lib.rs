@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod crypto;
 pub mod db;

@@ -384,7 +384,7 @@ impl Issuer {
     }
 }
 
-async fn fetch(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+pub(crate) async fn fetch(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     let resp = http
         .get(url)
         .timeout(std::time::Duration::from_secs(10))

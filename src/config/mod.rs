@@ -2,8 +2,8 @@
 //! loading and validation. Every error names the key it is about, so
 //! `warrant check-config` can say exactly what to fix. Each part of the file
 //! has its own module: `runtime` (server, database, jobs), `access` (API
-//! tokens, identities, policies), `sources`, `providers`, `ci`, `drift`, and
-//! `secrets` for how secrets are read and kept.
+//! tokens, identities, policies), `sources`, `providers`, `ci`, `drift`, `ui` (the
+//! console), and `secrets` for how secrets are read and kept.
 
 mod access;
 mod audit;
@@ -13,6 +13,7 @@ mod providers;
 mod runtime;
 pub(crate) mod secrets;
 mod sources;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub use runtime::{DatabaseConfig, JobsConfig, LogFormat, ServerConfig};
 pub use sources::{
     GithubSource, JiraFields, JiraSource, ServicenowFields, ServicenowSource, SourcesConfig,
 };
+pub use ui::{UiConfig, UiOidc};
 
 use crate::domain::{parse_duration, Source};
 
@@ -104,6 +106,9 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub keys: KeysConfig,
+    /// The console for people; none without a `[ui]` section.
+    #[serde(default)]
+    pub ui: Option<UiConfig>,
 }
 
 /// Where the configuration file is: `--config`, else `WARRANT_CONFIG`, else `./warrant.toml`.
@@ -191,6 +196,9 @@ impl Config {
         self.sources.load_secrets(env)?;
         self.audit.load_secrets(env)?;
         self.keys.load_secrets(env)?;
+        if let Some(ui) = &mut self.ui {
+            ui.load_secrets(env)?;
+        }
         providers::load_secrets(&mut self.providers, env)
     }
 
@@ -208,6 +216,9 @@ impl Config {
         self.jobs.validate()?;
         self.drift.validate()?;
         self.audit.validate()?;
+        if let Some(ui) = &self.ui {
+            ui.validate()?;
+        }
         providers::validate_timeouts(&self.providers, self.jobs.lease)
     }
 

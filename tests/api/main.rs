@@ -12,6 +12,7 @@ mod aws;
 mod backlinks;
 mod checkpoints;
 mod ci;
+mod console;
 mod drift;
 mod health;
 mod hostile;
