@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::ledger::{self, Apply, Remove};
+use super::ledger::{self, Apply, Extend, Remove};
 use super::Step;
 use crate::audit::NewEvent;
 use crate::context::Context;
@@ -125,7 +125,7 @@ impl Job for GrantJob {
                 GrantState::Granting => {
                     let activate = activation(now, expires_at, job);
                     let wait = Finish::At {
-                        run_at: now + chrono::Duration::milliseconds(LEDGER_WAIT_MS),
+                        run_at: later(now, LEDGER_WAIT_MS),
                         attempts,
                         error: None,
                     }
@@ -293,6 +293,12 @@ fn activation(now: DateTime<Utc>, expires_at: DateTime<Utc>, job: &JobRow) -> St
 /// before it looks again (the other one's end wakes it sooner).
 const LEDGER_WAIT_MS: i64 = 500;
 
+/// `now` plus `ms`, or `now` at the end of time.
+fn later(now: DateTime<Utc>, ms: i64) -> DateTime<Utc> {
+    now.checked_add_signed(chrono::Duration::milliseconds(ms))
+        .unwrap_or(now)
+}
+
 /// The provider's name in a grant's resource.
 fn provider_of(g: &GrantRow) -> &str {
     g.resource
@@ -319,8 +325,16 @@ async fn tell_end(
             })
             .await?
     };
-    if !planned {
-        return Ok(None);
+    match planned {
+        Extend::Nothing => return Ok(None),
+        Extend::Wait => {
+            return Ok(Some(Finish::At {
+                run_at: later(now, LEDGER_WAIT_MS),
+                attempts,
+                error: None,
+            }))
+        }
+        Extend::Call => {}
     }
     let expires_at = from_micros(g.expires_at);
     match extend_leased(ctx, lease, g).await {
@@ -358,14 +372,21 @@ async fn tell_end(
                 now,
             )
             .await?;
+            // Past the grant's end the timer revokes, and a revocation
+            // starts with its own backoff, not the extension's.
             Ok(Some(match retry {
                 Finish::At {
                     run_at,
                     attempts,
                     error,
-                } => Finish::At {
-                    run_at: run_at.min(expires_at),
+                } if run_at < expires_at => Finish::At {
+                    run_at,
                     attempts,
+                    error,
+                },
+                Finish::At { error, .. } => Finish::At {
+                    run_at: expires_at,
+                    attempts: 0,
                     error,
                 },
                 other => other,

@@ -106,31 +106,56 @@ pub fn plan_apply(
     }))
 }
 
+/// What to do for an active grant whose end moved later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extend {
+    /// Nothing to tell: the provider knows this end, another active grant
+    /// of the access outlasts it, or the grant moved on meanwhile.
+    Nothing,
+    /// Tell the provider the grant's end.
+    Call,
+    /// Another grant of the access is being applied or removed: look again
+    /// shortly, so two calls for one access never overlap.
+    Wait,
+}
+
 /// Decides, under the access's lock, whether the provider of active grant
 /// `g`, whose access carries an end, must hear `g`'s end again: after an
 /// extension, when no other active grant of the access already outlasts
-/// it and the provider was last told an earlier end. A grant that rode on
-/// another's access then holds it, and the other rides on it. The caller
-/// records the told end (`access::set_told`) once the provider took it, so
-/// a failed call is asked again.
+/// it and the provider was last told an earlier end. The grant is read
+/// again under the lock, so one that was revoked or moved meanwhile is
+/// left alone. A grant that rode on another's access then holds it, and
+/// the other rides on it. The caller records the told end
+/// (`access::set_told`) once the provider took it, so a failed call is
+/// asked again.
 pub fn plan_extend(
     conn: &mut Conn<'_>,
     g: &GrantRow,
     now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
+) -> Result<Extend, StoreError> {
     access::lock(conn, &g.resource, &g.account)?;
+    let current = crate::db::grants::get(conn, &g.id)?;
+    if !current.is_some_and(|c| c.state() == GrantState::Active && c.expires_at == g.expires_at) {
+        return Ok(Extend::Nothing);
+    }
     let mine = access::get(conn, &g.id)?;
     if mine
         .as_ref()
         .and_then(|a| a.told_until)
         .is_some_and(|told| told >= g.expires_at)
     {
-        return Ok(false);
+        return Ok(Extend::Nothing);
     }
     let others = access::others(conn, g)?;
     let active = access::last_ending(&others, GrantState::Active);
     if active.is_some_and(|h| h.expires_at >= g.expires_at) {
-        return Ok(false);
+        return Ok(Extend::Nothing);
+    }
+    if others
+        .iter()
+        .any(|o| matches!(o.state(), GrantState::Granting | GrantState::Revoking))
+    {
+        return Ok(Extend::Wait);
     }
     let at = to_micros(now);
     if mine.is_none_or(|a| a.role != Role::Held.as_str()) {
@@ -139,7 +164,7 @@ pub fn plan_extend(
             access::set_role(conn, &h.id, Role::Shared, false, at)?;
         }
     }
-    Ok(true)
+    Ok(Extend::Call)
 }
 
 /// Waits on grant `on`. The job's row is rescheduled here, under the

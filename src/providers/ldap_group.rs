@@ -629,6 +629,19 @@ impl LdapGroup {
         ))
     }
 
+    /// Whether `group` is truly absent, not merely hidden from the bind
+    /// account: its base (`group_base`) reads, and the group does not.
+    async fn group_absent(&self, group: &str) -> Result<bool, ProviderError> {
+        let (_, base) = self
+            .read(&self.group_base, "(objectClass=*)", vec!["1.1"])
+            .await?;
+        if base.rc != 0 {
+            return Ok(false);
+        }
+        let (_, again) = self.read(group, "(objectClass=*)", vec!["1.1"]).await?;
+        Ok(again.rc == 32)
+    }
+
     fn missing(group: &str) -> ProviderError {
         ProviderError::Call(format!(
             "LDAP group `{group}` does not exist (noSuchObject)"
@@ -699,6 +712,9 @@ impl Provider for LdapGroup {
                 .await?;
             match r.rc {
                 0 | 20 => Ok(()),
+                // Active Directory answers entryAlreadyExists for a member
+                // already there; success once a read confirms it.
+                68 if self.holds(call.target, call.account).await? == Some(true) => Ok(()),
                 32 => Err(Self::missing(&group)),
                 21 | 34 => Err(ProviderError::Refused(format!(
                     "the LDAP server refuses `{value}` as a `{attr}` of `{group}`: {}",
@@ -730,7 +746,13 @@ impl Provider for LdapGroup {
                 .await?;
             match r.rc {
                 0 | 16 => Ok(()),
-                32 => {
+                // Active Directory answers unwillingToPerform for a value
+                // that is not there; success once a read confirms it.
+                53 if self.holds(call.target, call.account).await? == Some(false) => Ok(()),
+                // noSuchObject is also what a bind without rights to see the
+                // group gets: done only when the group's base is visible and
+                // the group is not in it.
+                32 if self.group_absent(&group).await? => {
                     tracing::warn!(
                         provider = %self.name,
                         group = %group,
@@ -738,6 +760,11 @@ impl Provider for LdapGroup {
                     );
                     Ok(())
                 }
+                32 => Err(ProviderError::Call(format!(
+                    "LDAP group `{group}` is not visible to `{}` (noSuchObject) although \
+                     `{}` is: check the bind account's rights",
+                    self.bind_dn, self.group_base
+                ))),
                 65 => Err(ProviderError::Call(format!(
                     "removing the last `{attr}` of LDAP group `{group}` is refused by its \
                      object class ({}); give the group a placeholder member",
@@ -815,7 +842,9 @@ impl Provider for LdapGroup {
             let (entries, r) = self.read(&group, &filter, vec!["1.1"]).await?;
             match r.rc {
                 0 => Ok(Some(!entries.is_empty())),
-                32 => Ok(Some(false)),
+                32 if self.group_absent(&group).await? => Ok(Some(false)),
+                // Not visible, so warrant cannot say.
+                32 => Ok(None),
                 _ => Err(ProviderError::Call(format!(
                     "reading LDAP group `{group}`: {}",
                     describe(&r)
