@@ -26,9 +26,9 @@ pub use audit::{AuditConfig, KeysConfig, SinkConfig, SinkKind};
 pub use ci::{CiConfig, CiIssuer, CiTrust};
 pub use drift::{DriftConfig, DriftMode};
 pub use providers::{
-    AwsIdentityCenterProvider, GithubTeamProvider, HttpProvider, LdapGroupProvider,
-    MemberAttribute, MysqlProvider, PostgresProvider, ProviderConfig, ProviderSection, SshProvider,
-    TokenProvider, PROVIDER_KINDS,
+    check_names, timeout_at_most_10m, AwsIdentityCenterProvider, GithubTeamProvider, HttpProvider,
+    LdapGroupProvider, MemberAttribute, MysqlProvider, PostgresProvider, ProviderConfig,
+    ProviderSection, SshProvider, TokenProvider, PROVIDER_KINDS,
 };
 pub use runtime::{DatabaseConfig, JobsConfig, LogFormat, ServerConfig};
 pub use sources::{

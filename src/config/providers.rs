@@ -536,6 +536,30 @@ pub(super) fn validate(providers: &BTreeMap<String, ProviderConfig>) -> Result<(
 
 /// A call that outlived its job's lease could overlap the next runner's
 /// call for the same grant.
+/// Checks each name of each listed key by `rule`; an error names the key
+/// and index (`providers.NAME.roles[2]`).
+pub fn check_names(
+    at: &str,
+    lists: &[(&str, &[String])],
+    rule: fn(&str) -> Result<(), String>,
+) -> Result<(), ConfigError> {
+    for (key, names) in lists {
+        for (i, name) in names.iter().enumerate() {
+            rule(name).map_err(|m| invalid(format!("{at}.{key}[{i}]"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// The ceiling on a timeout the provider also sets on its server
+/// (statements, lock waits, connections).
+pub fn timeout_at_most_10m(at: &str, timeout: ConfigDuration) -> Result<(), ConfigError> {
+    if timeout.0 > Duration::minutes(10) {
+        return Err(invalid(format!("{at}.timeout"), "is longer than 10m"));
+    }
+    Ok(())
+}
+
 pub(super) fn validate_timeouts(
     providers: &BTreeMap<String, ProviderConfig>,
     lease: ConfigDuration,

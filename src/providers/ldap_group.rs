@@ -51,8 +51,8 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{Call, Deps, Provider, ProviderError};
 use crate::config::secrets::load_secret;
 use crate::config::{
-    invalid, ConfigDuration, ConfigError, DriftMode, LdapGroupProvider, MemberAttribute,
-    ProviderSection,
+    check_names, invalid, timeout_at_most_10m, ConfigDuration, ConfigError, DriftMode,
+    LdapGroupProvider, MemberAttribute, ProviderSection,
 };
 use crate::domain::TargetRule;
 
@@ -166,13 +166,8 @@ impl ProviderSection for LdapGroupProvider {
             }
             (false, None) => {}
         }
-        for (i, g) in self.groups.iter().enumerate() {
-            check_group(g).map_err(|m| invalid(format!("{at}.groups[{i}]"), m))?;
-        }
-        if self.timeout.0 > chrono::Duration::minutes(10) {
-            return Err(invalid(format!("{at}.timeout"), "is longer than 10m"));
-        }
-        Ok(())
+        check_names(at, &[("groups", &self.groups)], check_group)?;
+        timeout_at_most_10m(at, self.timeout)
     }
 
     fn build(&self, name: &str, _deps: &Deps) -> Box<dyn Provider> {

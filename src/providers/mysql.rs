@@ -50,7 +50,8 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{Call, Deps, Provider, ProviderError};
 use crate::config::secrets::load_secret;
 use crate::config::{
-    invalid, ConfigDuration, ConfigError, DriftMode, MysqlProvider, ProviderSection,
+    check_names, invalid, timeout_at_most_10m, ConfigDuration, ConfigError, DriftMode,
+    MysqlProvider, ProviderSection,
 };
 use crate::domain::TargetRule;
 
@@ -178,18 +179,15 @@ impl ProviderSection for MysqlProvider {
     }
 
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        for (key, roles) in [
-            ("roles", &self.roles),
-            ("allow_privileged", &self.allow_privileged),
-        ] {
-            for (i, role) in roles.iter().enumerate() {
-                check_role(role).map_err(|m| invalid(format!("{at}.{key}[{i}]"), m))?;
-            }
-        }
-        if self.timeout.0 > chrono::Duration::minutes(10) {
-            return Err(invalid(format!("{at}.timeout"), "is longer than 10m"));
-        }
-        Ok(())
+        check_names(
+            at,
+            &[
+                ("roles", &self.roles),
+                ("allow_privileged", &self.allow_privileged),
+            ],
+            check_role,
+        )?;
+        timeout_at_most_10m(at, self.timeout)
     }
 
     fn build(&self, name: &str, _deps: &Deps) -> Box<dyn Provider> {

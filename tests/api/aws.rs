@@ -22,8 +22,7 @@ use serde_json::Value;
 use ssoadmin::types::{PrincipalType, TargetType};
 
 use crate::backend_tests;
-use crate::helpers::{t0, Backend, TestApp};
-use crate::payloads::{self, Issue};
+use crate::helpers::{erin_closes, erin_requests, issue_key, Backend, TestApp};
 use warrant::drift::{self, Outcome};
 
 const REGION: &str = "eu-west-1";
@@ -286,45 +285,8 @@ async fn setup(
     Some((moto, aws, app))
 }
 
-/// Opens and approves GitHub issue `n` by erin for `resource`.
-async fn erin_requests(app: &TestApp, n: u64, resource: &str) -> Issue<'static> {
-    let mut issue = Issue::new(n, t0());
-    issue.author = "erin-gh";
-    issue.body = payloads::form(resource, "1h", None);
-    issue.labels = vec!["access-approved"];
-    let r = app
-        .post_github(
-            "issues",
-            &format!("erin-{n}"),
-            &payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    issue
-}
-
-/// Closes erin's issue a minute later.
-async fn erin_closes(app: &TestApp, mut issue: Issue<'static>) {
-    issue.state = "closed";
-    issue.updated_at = t0() + Duration::minutes(1);
-    app.advance(Duration::minutes(1));
-    let r = app
-        .post_github(
-            "issues",
-            &format!("erin-{}-closed", issue.number),
-            &payloads::github("closed", &issue, "erin-gh", None),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    app.run_jobs().await;
-}
-
-fn key(n: u64) -> String {
-    format!("github:acme/access-requests#{n}")
-}
-
 async fn the_grant(app: &TestApp, n: u64) -> Value {
-    let grants = app.grants_of(&key(n)).await;
+    let grants = app.grants_of(&issue_key(n)).await;
     assert_eq!(grants.len(), 1, "{grants:?}");
     grants[0].clone()
 }
@@ -420,7 +382,7 @@ async fn an_unknown_permission_set_or_user_fails_the_grant_by_name(backend: Back
         failure.contains("no permission set named `Missing`"),
         "{failure}"
     );
-    let events = app.events_of(&key(4)).await;
+    let events = app.events_of(&issue_key(4)).await;
     let attempts = events
         .iter()
         .filter(|e| e["type"] == "grant.apply_failed")

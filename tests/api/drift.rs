@@ -10,9 +10,9 @@ use diesel::prelude::*;
 use serde_json::Value;
 
 use crate::helpers::{
-    pg_admin_url, pg_available, t0, Backend, TestApp, ADMIN_TOKEN, AUDITOR_TOKEN,
+    erin_requests, pg_admin_url, pg_available, t0, Backend, TestApp, ADMIN_TOKEN, AUDITOR_TOKEN,
 };
-use crate::payloads::{self, Issue};
+use crate::payloads;
 use crate::{app, backend_tests};
 use warrant::drift::{self, Due, Outcome, Report};
 
@@ -243,23 +243,6 @@ async fn revoke_mode_removes_drift_and_skips_exempt_accounts(backend: Backend) {
     assert!(!report.found_drift(), "{report:?}");
     assert!(events(&app, "drift.resolved", &acct).await.is_empty());
     drop(app);
-}
-
-/// Opens and approves GitHub issue `n` by erin for `resource`.
-async fn erin_requests(app: &TestApp, n: u64, resource: &str) -> Issue<'static> {
-    let mut issue = Issue::new(n, t0());
-    issue.author = "erin-gh";
-    issue.body = payloads::form(resource, "1h", None);
-    issue.labels = vec!["access-approved"];
-    let r = app
-        .post_github(
-            "issues",
-            &format!("erin-{n}"),
-            &payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    issue
 }
 
 fn erin(account: &str) -> String {

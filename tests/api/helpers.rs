@@ -642,3 +642,46 @@ impl TestApp {
         body["events"].as_array().cloned().unwrap_or_default()
     }
 }
+
+/// Opens and approves GitHub issue `n` by erin (who has an identity in the
+/// base configuration) for `resource`.
+pub async fn erin_requests(
+    app: &TestApp,
+    n: u64,
+    resource: &str,
+) -> crate::payloads::Issue<'static> {
+    let mut issue = crate::payloads::Issue::new(n, t0());
+    issue.author = "erin-gh";
+    issue.body = crate::payloads::form(resource, "1h", None);
+    issue.labels = vec!["access-approved"];
+    let r = app
+        .post_github(
+            "issues",
+            &format!("erin-{n}"),
+            &crate::payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    issue
+}
+
+/// Closes erin's issue a minute on, and runs the jobs.
+pub async fn erin_closes(app: &TestApp, mut issue: crate::payloads::Issue<'static>) {
+    issue.state = "closed";
+    issue.updated_at = app.clock_now() + Duration::minutes(1);
+    app.advance(Duration::minutes(1));
+    let r = app
+        .post_github(
+            "issues",
+            &format!("erin-{}-closed", issue.number),
+            &crate::payloads::github("closed", &issue, "erin-gh", None),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.run_jobs().await;
+}
+
+/// The key of issue `n` in the watched repository.
+pub fn issue_key(n: u64) -> String {
+    format!("github:acme/access-requests#{n}")
+}

@@ -22,7 +22,7 @@ use chrono::Duration;
 use ldap3::{Ldap, LdapConnAsync, Mod, Scope, SearchEntry};
 use serde_json::Value;
 
-use crate::helpers::{t0, Backend, TestApp, ADMIN_TOKEN};
+use crate::helpers::{erin_closes, erin_requests, issue_key, t0, Backend, TestApp, ADMIN_TOKEN};
 use crate::payloads::{self, Issue};
 use crate::{app, backend_tests};
 use warrant::drift::{self, Outcome, Report};
@@ -450,43 +450,6 @@ fn member_config() -> String {
     format!("user_dn = \"{PEOPLE}\"")
 }
 
-/// Opens and approves GitHub issue `n` by erin for `resource`.
-async fn erin_requests(app: &TestApp, n: u64, resource: &str) -> Issue<'static> {
-    let mut issue = Issue::new(n, t0());
-    issue.author = "erin-gh";
-    issue.body = payloads::form(resource, "1h", None);
-    issue.labels = vec!["access-approved"];
-    let r = app
-        .post_github(
-            "issues",
-            &format!("erin-{n}"),
-            &payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    issue
-}
-
-/// Closes erin's issue a minute on.
-async fn erin_closes(app: &TestApp, mut issue: Issue<'static>) {
-    issue.state = "closed";
-    issue.updated_at = app.clock_now() + Duration::minutes(1);
-    app.advance(Duration::minutes(1));
-    let r = app
-        .post_github(
-            "issues",
-            &format!("erin-{}-closed", issue.number),
-            &payloads::github("closed", &issue, "erin-gh", None),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    app.run_jobs().await;
-}
-
-fn key(n: u64) -> String {
-    format!("github:acme/access-requests#{n}")
-}
-
 fn erin_dn() -> String {
     PEOPLE.replace("{account}", "erin")
 }
@@ -518,15 +481,15 @@ async fn a_grant_adds_the_dn_and_closing_the_ticket_removes_it(backend: Backend)
     );
     let issue = erin_requests(&app, 1, "dir/ops").await;
     app.run_jobs().await;
-    let g = app.grants_of(&key(1)).await[0].clone();
+    let g = app.grants_of(&issue_key(1)).await[0].clone();
     assert_eq!(g["state"], "active", "{g}");
     assert!(slapd.is_member("ops", &erin_dn()).await);
     assert!(slapd.is_member("ops", PLACEHOLDER).await);
     assert!(!slapd.is_member("admins", &erin_dn()).await);
-    assert!(types(&app.events_of(&key(1)).await).contains(&"grant.applied"));
+    assert!(types(&app.events_of(&issue_key(1)).await).contains(&"grant.applied"));
 
     erin_closes(&app, issue).await;
-    let g = app.grants_of(&key(1)).await[0].clone();
+    let g = app.grants_of(&issue_key(1)).await[0].clone();
     assert_eq!(
         (g["state"].as_str(), g["revoke_reason"].as_str()),
         (Some("revoked"), Some("ticket_closed")),
@@ -551,10 +514,10 @@ async fn a_group_that_does_not_exist_fails_the_grant_by_its_dn(backend: Backend)
         app.run_jobs().await;
         app.advance(Duration::seconds(30));
     }
-    let g = app.grants_of(&key(2)).await[0].clone();
+    let g = app.grants_of(&issue_key(2)).await[0].clone();
     assert_eq!(g["state"], "failed", "{g}");
     assert!(g.to_string().contains(missing), "the API shows why: {g}");
-    let events = app.events_of(&key(2)).await;
+    let events = app.events_of(&issue_key(2)).await;
     let attempts: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "grant.apply_failed")
@@ -567,7 +530,7 @@ async fn a_group_that_does_not_exist_fails_the_grant_by_its_dn(backend: Backend)
     assert!(failed["data"]["error"].as_str().unwrap().contains(missing));
     let (status, trace) = app
         .get_json(
-            &format!("/v1/tickets/{}", key(2).replace('#', "%23")),
+            &format!("/v1/tickets/{}", issue_key(2).replace('#', "%23")),
             ADMIN_TOKEN,
         )
         .await;
@@ -586,7 +549,7 @@ async fn drift_reports_members_added_by_hand(backend: Backend) {
     );
     erin_requests(&app, 3, "dir/ops").await;
     app.run_jobs().await;
-    assert_eq!(app.grants_of(&key(3)).await[0]["state"], "active");
+    assert_eq!(app.grants_of(&issue_key(3)).await[0]["state"], "active");
     // The granted member and the exempt placeholder are no drift.
     let report = check(&app).await;
     assert_eq!(report.providers, ["dir"]);
@@ -680,7 +643,7 @@ async fn a_hostile_account_or_target_stays_a_value(backend: Backend) {
     );
     let issue = erin_requests(&app, 4, "dir/ops").await;
     app.run_jobs().await;
-    assert_eq!(app.grants_of(&key(4)).await[0]["state"], "active");
+    assert_eq!(app.grants_of(&issue_key(4)).await[0]["state"], "active");
     // One member more in ops, whose DN names the whole account as its uid;
     // admins is untouched.
     let members = slapd.values("ops", "member").await;
@@ -696,10 +659,10 @@ async fn a_hostile_account_or_target_stays_a_value(backend: Backend) {
     // A target that would change the group's DN is no group name.
     erin_requests(&app, 5, "dir/ops,cn=admins").await;
     app.run_jobs().await;
-    assert!(app.grants_of(&key(5)).await.is_empty());
+    assert!(app.grants_of(&issue_key(5)).await.is_empty());
     let (_, trace) = app
         .get_json(
-            &format!("/v1/tickets/{}", key(5).replace('#', "%23")),
+            &format!("/v1/tickets/{}", issue_key(5).replace('#', "%23")),
             ADMIN_TOKEN,
         )
         .await;
@@ -714,7 +677,7 @@ async fn a_hostile_account_or_target_stays_a_value(backend: Backend) {
     assert_eq!(slapd.values("admins", "member").await, [PLACEHOLDER]);
 
     erin_closes(&app, issue).await;
-    let g = app.grants_of(&key(4)).await[0].clone();
+    let g = app.grants_of(&issue_key(4)).await[0].clone();
     assert_eq!(g["state"], "revoked", "{g}");
     assert_eq!(slapd.values("ops", "member").await, [PLACEHOLDER]);
 }
@@ -755,13 +718,13 @@ async fn member_uid_groups_hold_the_account_itself(backend: Backend) {
     assert_eq!(r.status(), 200);
     app.run_jobs().await;
     for n in [6, 7] {
-        let g = app.grants_of(&key(n)).await[0].clone();
+        let g = app.grants_of(&issue_key(n)).await[0].clone();
         assert_eq!(g["state"], "active", "{g}");
     }
     let mut values = slapd.values("posix", "memberUid").await;
     values.sort();
     assert_eq!(values, ["*", "erin", "frank"]);
-    let events = app.events_of(&key(7)).await;
+    let events = app.events_of(&issue_key(7)).await;
     assert!(
         !types(&events).contains(&"grant.preexisting"),
         "frank's membership is not zed's: {events:?}"
@@ -780,7 +743,7 @@ async fn member_uid_groups_hold_the_account_itself(backend: Backend) {
     assert_eq!(r.status(), 200);
     app.run_jobs().await;
     for n in [6, 7] {
-        let g = app.grants_of(&key(n)).await[0].clone();
+        let g = app.grants_of(&issue_key(n)).await[0].clone();
         assert_eq!(g["state"], "revoked", "{g}");
     }
     assert_eq!(slapd.values("posix", "memberUid").await, ["frank"]);
@@ -834,14 +797,14 @@ async fn starttls_and_ldaps_trust_a_private_ca(backend: Backend) {
     app.run_jobs().await;
     let dave = PEOPLE.replace("{account}", "dave");
     for n in [8, 9] {
-        assert_eq!(app.grants_of(&key(n)).await[0]["state"], "active");
+        assert_eq!(app.grants_of(&issue_key(n)).await[0]["state"], "active");
     }
     assert!(slapd.is_member("ops", &dave).await);
     assert!(slapd.is_member("admins", &dave).await);
     // Without ca_file the system's store does not know the test CA.
-    let g = app.grants_of(&key(10)).await[0].clone();
+    let g = app.grants_of(&issue_key(10)).await[0].clone();
     assert_eq!(g["state"], "granting", "{g}");
-    let events = app.events_of(&key(10)).await;
+    let events = app.events_of(&issue_key(10)).await;
     let failed = events
         .iter()
         .find(|e| e["type"] == "grant.apply_failed")
@@ -871,7 +834,7 @@ async fn a_failed_bind_names_the_dn_not_the_password(backend: Backend) {
     let app = app!(backend, &config);
     erin_requests(&app, 11, "dir/ops").await;
     app.run_jobs().await;
-    let events = app.events_of(&key(11)).await;
+    let events = app.events_of(&issue_key(11)).await;
     let failed = events
         .iter()
         .find(|e| e["type"] == "grant.apply_failed")

@@ -14,8 +14,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
 
-use crate::helpers::{t0, Backend, TestApp, ADMIN_TOKEN};
-use crate::payloads::{self, Issue};
+use crate::helpers::{erin_closes, erin_requests, issue_key, Backend, TestApp, ADMIN_TOKEN};
 use crate::{app, backend_tests};
 use warrant::drift::{self, Outcome};
 
@@ -211,42 +210,6 @@ fn mysql_config(
     )
 }
 
-/// Opens and approves GitHub issue `n` by erin for `resource`.
-async fn erin_requests(app: &TestApp, n: u64, resource: &str) -> Issue<'static> {
-    let mut issue = Issue::new(n, t0());
-    issue.author = "erin-gh";
-    issue.body = payloads::form(resource, "1h", None);
-    issue.labels = vec!["access-approved"];
-    let r = app
-        .post_github(
-            "issues",
-            &format!("erin-{n}"),
-            &payloads::github("labeled", &issue, "alice-gh", Some("access-approved")),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    issue
-}
-
-async fn close(app: &TestApp, mut issue: Issue<'static>) {
-    issue.state = "closed";
-    issue.updated_at = t0() + Duration::minutes(1);
-    app.advance(Duration::minutes(1));
-    let r = app
-        .post_github(
-            "issues",
-            &format!("erin-{}-closed", issue.number),
-            &payloads::github("closed", &issue, "erin-gh", None),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    app.run_jobs().await;
-}
-
-fn key(n: u64) -> String {
-    format!("github:acme/access-requests#{n}")
-}
-
 async fn events(app: &TestApp, kind: &str) -> Vec<Value> {
     let (status, body) = app.get_json("/v1/audit?limit=1000", ADMIN_TOKEN).await;
     assert_eq!(status, 200, "{body}");
@@ -274,7 +237,7 @@ async fn a_ticket_grants_the_role_until_it_closes(backend: Backend) {
 
     let issue = erin_requests(&app, 1, &format!("appdb/{}", sc.role)).await;
     app.run_jobs().await;
-    let g = app.grants_of(&key(1)).await[0].clone();
+    let g = app.grants_of(&issue_key(1)).await[0].clone();
     assert_eq!(g["state"], "active", "{g}");
     assert!(sc.held(&sc.role, &sc.user, "%").await);
     let applied = events(&app, "grant.applied").await;
@@ -300,8 +263,8 @@ async fn a_ticket_grants_the_role_until_it_closes(backend: Backend) {
         .unwrap();
     assert_eq!(x, Some(42));
 
-    close(&app, issue).await;
-    let g = app.grants_of(&key(1)).await[0].clone();
+    erin_closes(&app, issue).await;
+    let g = app.grants_of(&issue_key(1)).await[0].clone();
     assert_eq!(
         (g["state"].as_str(), g["revoke_reason"].as_str()),
         (Some("revoked"), Some("ticket_closed")),
@@ -332,14 +295,14 @@ async fn default_role_is_in_force_at_login_while_granted(backend: Backend) {
     );
     let issue = erin_requests(&app, 1, &format!("appdb/{}", sc.role)).await;
     app.run_jobs().await;
-    assert_eq!(app.grants_of(&key(1)).await[0]["state"], "active");
+    assert_eq!(app.grants_of(&issue_key(1)).await[0]["state"], "active");
     assert!(
         sc.can_read(false).await,
         "the default role reads without SET ROLE"
     );
 
-    close(&app, issue).await;
-    assert_eq!(app.grants_of(&key(1)).await[0]["state"], "revoked");
+    erin_closes(&app, issue).await;
+    assert_eq!(app.grants_of(&issue_key(1)).await[0]["state"], "revoked");
     assert!(!sc.can_read(false).await);
     assert!(!sc.can_read(true).await);
     let default: Option<String> = admin()
@@ -400,10 +363,10 @@ async fn drift_finds_a_role_granted_by_hand(backend: Backend) {
     // end takes it away.
     let issue = erin_requests(&app, 1, &format!("appdb/{}", sc.role)).await;
     app.run_jobs().await;
-    assert_eq!(app.grants_of(&key(1)).await[0]["state"], "active");
+    assert_eq!(app.grants_of(&issue_key(1)).await[0]["state"], "active");
     let report = drift::check_now(&app.ctx, None).await.unwrap();
     assert!(!report.found_drift(), "{report:?}");
-    close(&app, issue).await;
+    erin_closes(&app, issue).await;
     assert!(!sc.held(&sc.role, &sc.user, "%").await);
     drop(app);
 }
@@ -477,14 +440,14 @@ async fn a_privileged_role_is_refused(backend: Backend) {
     erin_requests(&app, 5, &format!("appdb/{missing}")).await;
     app.run_jobs().await;
 
-    let g = app.grants_of(&key(1)).await[0].clone();
+    let g = app.grants_of(&issue_key(1)).await[0].clone();
     assert_eq!(g["state"], "failed", "{g}");
     let why = g["failure"].as_str().unwrap_or_default();
     assert!(
         why.contains("ALL PRIVILEGES") && why.contains("allow_privileged"),
         "{why}"
     );
-    let g = app.grants_of(&key(2)).await[0].clone();
+    let g = app.grants_of(&issue_key(2)).await[0].clone();
     assert_eq!(g["state"], "failed", "{g}");
     let why = g["failure"].as_str().unwrap_or_default();
     assert!(why.contains(&format!("granted role `{boss}`")), "{why}");
@@ -493,10 +456,10 @@ async fn a_privileged_role_is_refused(backend: Backend) {
     // Refused, not retried: still nothing later.
     app.advance(Duration::minutes(5));
     app.run_jobs().await;
-    assert_eq!(app.grants_of(&key(2)).await[0]["state"], "failed");
+    assert_eq!(app.grants_of(&issue_key(2)).await[0]["state"], "failed");
     assert!(!sc.held(&middle, &sc.user, "%").await);
     // A plain role next to them is granted.
-    assert_eq!(app.grants_of(&key(3)).await[0]["state"], "active");
+    assert_eq!(app.grants_of(&issue_key(3)).await[0]["state"], "active");
     assert!(sc.held(&sc.role, &sc.user, "%").await);
     // A role that does not exist is a failed attempt naming it, retried
     // (the administrator may be creating it) until the attempts run out.
@@ -504,7 +467,7 @@ async fn a_privileged_role_is_refused(backend: Backend) {
         app.advance(Duration::minutes(1));
         app.run_jobs().await;
     }
-    let g = app.grants_of(&key(5)).await[0].clone();
+    let g = app.grants_of(&issue_key(5)).await[0].clone();
     assert_eq!(g["state"], "failed", "{g}");
     let why = g["failure"].as_str().unwrap_or_default();
     assert!(
@@ -514,7 +477,7 @@ async fn a_privileged_role_is_refused(backend: Backend) {
     let retried = events(&app, "grant.apply_failed")
         .await
         .iter()
-        .filter(|e| e["ticket"] == key(5).as_str())
+        .filter(|e| e["ticket"] == issue_key(5).as_str())
         .count();
     assert!(retried >= 2, "retried before failing: {retried}");
     drop(app);
@@ -531,7 +494,7 @@ async fn a_privileged_role_is_refused(backend: Backend) {
     );
     erin_requests(&app, 4, &format!("appdb/{middle}")).await;
     app.run_jobs().await;
-    assert_eq!(app.grants_of(&key(4)).await[0]["state"], "active");
+    assert_eq!(app.grants_of(&issue_key(4)).await[0]["state"], "active");
     assert!(sc.held(&middle, &sc.user, "%").await);
     sc.sql(&format!("REVOKE `{middle}` FROM '{}'@'%'", sc.user))
         .await;
@@ -556,12 +519,12 @@ async fn hostile_targets_and_accounts_stay_names(backend: Backend) {
     // A target outside the role rule never reaches a grant.
     for (n, target) in [(1, "appdb/a.b"), (2, "appdb/x@y"), (3, "appdb/1role")] {
         erin_requests(&app, n, target).await;
-        assert!(app.grants_of(&key(n)).await.is_empty(), "{target}");
+        assert!(app.grants_of(&issue_key(n)).await.is_empty(), "{target}");
     }
     // An account outside the account rule is refused before any SQL.
     erin_requests(&app, 4, &format!("appdb/{}", sc.role)).await;
     app.run_jobs().await;
-    let g = app.grants_of(&key(4)).await[0].clone();
+    let g = app.grants_of(&issue_key(4)).await[0].clone();
     assert_eq!(g["state"], "failed", "{g}");
     let why = g["failure"].as_str().unwrap_or_default();
     assert!(why.contains("is not USER@HOST"), "{why}");
